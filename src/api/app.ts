@@ -1,0 +1,112 @@
+import { randomUUID } from 'node:crypto';
+import { Hono, type MiddlewareHandler } from 'hono';
+import type { Config } from '../shared/config.js';
+import type { Logger } from '../shared/logger.js';
+import type { OperationRef } from '../shared/operation.js';
+import type { OperationStore } from '../shared/store.js';
+import type { Authenticator, Principal } from './auth.js';
+import { GraphError, graphErrorResponse, serviceUnavailable } from './errors.js';
+import { operationRoutes } from './operations.js';
+
+export interface AppDeps {
+  store: OperationStore;
+  queue: { enqueue(ref: OperationRef): Promise<void> };
+  auth: Authenticator;
+  config: Pick<Config, 'PUBLIC_BASE_URL' | 'TRUST_PROXY'>;
+  log: Logger;
+  /** Whether the process can serve requests now (Redis answers). */
+  ready: () => Promise<boolean>;
+}
+
+export interface AppEnv {
+  Variables: {
+    requestId: string;
+    clientRequestId: string | undefined;
+    principal: Principal;
+  };
+}
+
+/** Every route is served at the root and under these, so a Graph SDK pointed at
+ *  `http://host:port/v1.0` works unchanged. */
+const VERSION_PREFIXES = ['', '/v1.0', '/beta'];
+/** The v1.0 path family and the beta one. */
+const PATH_FAMILIES = ['/external/connections', '/connections'];
+const CLIENT_REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
+
+export function createApp(deps: AppDeps): Hono<AppEnv> {
+  const app = new Hono<AppEnv>();
+
+  app.use(requestIds(deps.log));
+
+  app.get('/healthz', (c) => c.json({ status: 'ok' }));
+  app.get('/readyz', async (c) => {
+    if (await deps.ready()) return c.json({ status: 'ready' });
+    throw serviceUnavailable('Redis is not answering.');
+  });
+
+  const operations = operationRoutes(deps);
+  for (const version of VERSION_PREFIXES) {
+    for (const family of PATH_FAMILIES) {
+      const base = `${version}${family}`;
+      app.use(`${base}/*`, authenticate(deps.auth));
+      app.route(base, operations);
+      // A known path with another method is 405, as Graph answers, not an unknown route.
+      app.all(`${base}/:connectionId/operations`, methodNotAllowed('GET, POST'));
+      app.all(`${base}/:connectionId/operations/:operationId`, methodNotAllowed('GET'));
+    }
+  }
+
+  app.notFound((c) => graphErrorResponse(c, new GraphError(404, 'notFound', `No route matches ${c.req.method} ${c.req.path}.`)));
+  app.onError((error, c) => {
+    if (error instanceof GraphError) {
+      if (error.status >= 500) deps.log.warn({ err: error.cause ?? error, requestId: c.get('requestId') }, error.message);
+      return graphErrorResponse(c, error);
+    }
+    deps.log.error({ err: error, requestId: c.get('requestId') }, 'unhandled error');
+    return graphErrorResponse(c, new GraphError(500, 'generalException', 'An unexpected error occurred; the request-id identifies it in the logs.'));
+  });
+  return app;
+}
+
+/** Gives every response a `request-id`, echoes `client-request-id`, and logs one line per request. */
+function requestIds(log: Logger): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    const started = performance.now();
+    const requestId = randomUUID();
+    const clientRequestId = c.req.header('client-request-id');
+    c.set('requestId', requestId);
+    c.header('request-id', requestId);
+    if (clientRequestId && CLIENT_REQUEST_ID.test(clientRequestId)) {
+      c.set('clientRequestId', clientRequestId);
+      c.header('client-request-id', clientRequestId);
+    }
+    await next();
+    log.info(
+      {
+        requestId,
+        method: c.req.method,
+        route: c.req.routePath,
+        status: c.res.status,
+        durationMs: Math.round((performance.now() - started) * 100) / 100,
+      },
+      'request',
+    );
+  };
+}
+
+function authenticate(auth: Authenticator): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    const principal = await auth.authenticate(c.req.header('authorization'));
+    if (!principal.canRead) {
+      throw new GraphError(403, 'accessDenied', 'The token grants no ExternalConnection permission.');
+    }
+    c.set('principal', principal);
+    await next();
+  };
+}
+
+function methodNotAllowed(allow: string): MiddlewareHandler<AppEnv> {
+  return (c) => {
+    throw new GraphError(405, 'methodNotAllowed', `${c.req.method} is not supported on this resource; use ${allow}.`, { Allow: allow });
+  };
+}

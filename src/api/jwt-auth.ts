@@ -1,0 +1,121 @@
+import {
+  createRemoteJWKSet,
+  decodeProtectedHeader,
+  errors as joseErrors,
+  jwtVerify,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+} from 'jose';
+import type { Config } from '../shared/config.js';
+import { TENANT_ID_PATTERN } from '../shared/operation.js';
+import type { Authenticator, Principal } from './auth.js';
+import { GraphError, UNAVAILABLE_RETRY_AFTER_SECONDS } from './errors.js';
+
+/** The personal Microsoft account tenant: its tokens are refused, as Graph refuses them here. */
+export const PERSONAL_ACCOUNT_TENANT = '9188040d-6c67-4c5b-b112-36a304b66dad';
+
+const WRITE_PERMISSIONS = ['ExternalConnection.ReadWrite.OwnedBy', 'ExternalConnection.ReadWrite.All'];
+const READ_PERMISSIONS = [...WRITE_PERMISSIONS, 'ExternalConnection.Read.All'];
+/** Leeway for clocks that disagree a little, on `exp` and `nbf`. */
+const CLOCK_TOLERANCE_SECONDS = 30;
+const REALM = 'connection-operations';
+
+type AuthConfig = Pick<Config, 'AUTH_JWT_SECRET' | 'AUTH_JWKS_URL' | 'AUTH_AUDIENCE' | 'AUTH_ISSUER'>;
+
+export class AuthConfigError extends Error {
+  override name = 'AuthConfigError';
+}
+
+/**
+ * Validates `Authorization: Bearer <JWT>` like an Entra ID v2 access token: HS256 with
+ * AUTH_JWT_SECRET and/or RS256/ES256 from AUTH_JWKS_URL (key by `kid`, cached by jose and
+ * refetched on an unknown `kid`), `exp`/`nbf`, and `aud`/`iss` when configured.
+ */
+export function jwtAuthenticator(config: AuthConfig): Authenticator {
+  if (!config.AUTH_JWT_SECRET && !config.AUTH_JWKS_URL) {
+    throw new AuthConfigError('No token verification configured: set AUTH_JWT_SECRET and/or AUTH_JWKS_URL.');
+  }
+  const secret = config.AUTH_JWT_SECRET ? new TextEncoder().encode(config.AUTH_JWT_SECRET) : undefined;
+  const jwks = config.AUTH_JWKS_URL ? createRemoteJWKSet(new URL(config.AUTH_JWKS_URL), { timeoutDuration: 2000 }) : undefined;
+  const claims = {
+    clockTolerance: CLOCK_TOLERANCE_SECONDS,
+    ...(config.AUTH_AUDIENCE ? { audience: config.AUTH_AUDIENCE } : {}),
+    ...(config.AUTH_ISSUER ? { issuer: config.AUTH_ISSUER } : {}),
+  };
+
+  async function verify(token: string): Promise<JWTPayload> {
+    // The header's alg only picks which configured key to try; jose then enforces that the
+    // token's alg is one allowed for that key, so an HS256 token can never be checked against
+    // a public key (algorithm confusion) and `none` is never accepted.
+    const alg = decodeProtectedHeader(token).alg;
+    if (alg === 'HS256' && secret) {
+      return (await jwtVerify(token, secret, { ...claims, algorithms: ['HS256'] })).payload;
+    }
+    if ((alg === 'RS256' || alg === 'ES256') && jwks) {
+      return (await jwtVerify(token, jwks as JWTVerifyGetKey, { ...claims, algorithms: ['RS256', 'ES256'] })).payload;
+    }
+    throw new joseErrors.JOSEAlgNotAllowed(`tokens signed with ${String(alg)} are not accepted`);
+  }
+
+  return {
+    async authenticate(authorization) {
+      if (!authorization) throw unauthorized(undefined, 'Access token is empty.');
+      const match = /^Bearer +([A-Za-z0-9_.~+/=-]+)$/i.exec(authorization.trim());
+      if (!match) throw unauthorized('invalid_request', 'The Authorization header must be "Bearer <token>".');
+
+      let payload: JWTPayload;
+      try {
+        payload = await verify(match[1]!);
+      } catch (error) {
+        throw tokenError(error);
+      }
+      return principalOf(payload);
+    },
+  };
+}
+
+function principalOf(payload: JWTPayload): Principal {
+  const tenantId = payload.tid;
+  if (typeof tenantId !== 'string' || !TENANT_ID_PATTERN.test(tenantId)) {
+    throw unauthorized('invalid_token', 'The token has no valid tid (tenant) claim.');
+  }
+  if (tenantId.toLowerCase() === PERSONAL_ACCOUNT_TENANT) {
+    throw new GraphError(403, 'accessDenied', 'Personal Microsoft accounts are not supported; use a work or school account.');
+  }
+  const granted = new Set<string>();
+  if (typeof payload.scp === 'string') for (const scope of payload.scp.split(' ')) granted.add(scope);
+  if (Array.isArray(payload.roles)) for (const role of payload.roles) if (typeof role === 'string') granted.add(role);
+  const canWrite = WRITE_PERMISSIONS.some((permission) => granted.has(permission));
+  const canRead = READ_PERMISSIONS.some((permission) => granted.has(permission));
+  return { tenantId: tenantId.toLowerCase(), canRead, canWrite };
+}
+
+/** A 401 with the RFC 6750 challenge; the message never echoes the token. */
+function unauthorized(error: 'invalid_request' | 'invalid_token' | undefined, description: string): GraphError {
+  const challenge = error
+    ? `Bearer realm="${REALM}", error="${error}", error_description="${description.replace(/"/g, "'")}"`
+    : `Bearer realm="${REALM}"`;
+  return new GraphError(401, 'InvalidAuthenticationToken', description, { 'WWW-Authenticate': challenge });
+}
+
+function tokenError(error: unknown): GraphError {
+  if (error instanceof joseErrors.JWTExpired) return unauthorized('invalid_token', 'The token has expired.');
+  if (error instanceof joseErrors.JWTClaimValidationFailed) {
+    const reason = error.claim === 'nbf' ? 'The token is not yet valid.' : `The token's ${error.claim} claim is not accepted.`;
+    return unauthorized('invalid_token', reason);
+  }
+  if (error instanceof joseErrors.JWKSNoMatchingKey) return unauthorized('invalid_token', 'No signing key matches the token.');
+  if (error instanceof joseErrors.JWSSignatureVerificationFailed) return unauthorized('invalid_token', 'The token signature is invalid.');
+  if (error instanceof joseErrors.JOSEAlgNotAllowed) return unauthorized('invalid_token', 'The token signing algorithm is not accepted.');
+  if (error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JWKSInvalid || isFetchFailure(error)) {
+    return new GraphError(503, 'serviceNotAvailable', 'The token signing keys cannot be fetched right now; retry shortly.', {
+      'Retry-After': String(UNAVAILABLE_RETRY_AFTER_SECONDS),
+    });
+  }
+  return unauthorized('invalid_token', 'The token is malformed.');
+}
+
+/** jose lets fetch's own error through when the JWKS endpoint cannot be reached. */
+function isFetchFailure(error: unknown): boolean {
+  return error instanceof TypeError && /fetch failed/i.test(error.message);
+}

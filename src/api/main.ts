@@ -1,0 +1,4 @@
+import { runProcess } from '../shared/lifecycle.js';
+import { startApi } from './server.js';
+
+await runProcess('api', async (config, log) => [await startApi(config, log)]);

@@ -1,0 +1,61 @@
+import type { AddressInfo } from 'node:net';
+import { serve } from '@hono/node-server';
+import type { Config } from '../shared/config.js';
+import type { Service } from '../shared/lifecycle.js';
+import type { Logger } from '../shared/logger.js';
+import { OperationQueue } from '../shared/queue.js';
+import { createRedis, waitUntilReady } from '../shared/redis.js';
+import { OperationStore } from '../shared/store.js';
+import { createApp } from './app.js';
+import { jwtAuthenticator } from './jwt-auth.js';
+
+/** Builds the API's connections and serves it; resolves once it listens. */
+export async function startApi(config: Config, log: Logger): Promise<Service & { port: number }> {
+  const auth = jwtAuthenticator(config);
+  const redis = createRedis({
+    url: config.REDIS_URL,
+    role: 'producer',
+    commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS,
+    connectionName: 'cops-api',
+  });
+  redis.on('error', (error: Error) => log.warn({ err: error.message }, 'redis connection error'));
+  log.info('waiting for Redis');
+  await waitUntilReady(redis);
+  // Built only once Redis is ready: BullMQ caches a failed start-up check forever.
+  const queue = new OperationQueue(
+    redis,
+    config.REDIS_PREFIX,
+    { attempts: config.OPERATION_ATTEMPTS, backoffMs: config.OPERATION_BACKOFF_MS },
+    log,
+  );
+  const store = new OperationStore(redis, {
+    prefix: config.REDIS_PREFIX,
+    retentionMs: config.OPERATION_RETENTION_SECONDS * 1000,
+  });
+  const ready = async () => {
+    try {
+      return (await redis.ping()) === 'PONG';
+    } catch {
+      return false;
+    }
+  };
+  const app = createApp({ store, queue, auth, config, log, ready });
+
+  const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
+    const listening = serve({ fetch: app.fetch, port: config.PORT, hostname: config.HOST }, () => resolve(listening));
+  });
+  const port = (server.address() as AddressInfo).port;
+  log.info({ port, host: config.HOST }, 'API listening');
+
+  return {
+    port,
+    async close() {
+      // Stop accepting connections and let in-flight requests finish, then drop idle keep-alives.
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      if ('closeIdleConnections' in server) server.closeIdleConnections();
+      await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, config.SHUTDOWN_TIMEOUT_MS).unref())]);
+      await queue.close();
+      await redis.quit().catch(() => redis.disconnect());
+    },
+  };
+}

@@ -1,0 +1,31 @@
+import { parseArgs } from 'node:util';
+import { SignJWT } from 'jose';
+import { loadConfig } from '../shared/config.js';
+
+/**
+ * `npm run token -- --scope ExternalConnection.ReadWrite.All --tenant <guid>` prints an HS256
+ * token signed with AUTH_JWT_SECRET (and carrying AUTH_AUDIENCE/AUTH_ISSUER when set), for
+ * trying the API with curl. A developer convenience, not an identity provider.
+ */
+const { values } = parseArgs({
+  options: {
+    scope: { type: 'string', default: 'ExternalConnection.ReadWrite.All' },
+    role: { type: 'string', multiple: true },
+    tenant: { type: 'string', default: '11111111-1111-4111-8111-111111111111' },
+    expires: { type: 'string', default: '1h' },
+  },
+});
+
+const config = loadConfig();
+if (!config.AUTH_JWT_SECRET) {
+  process.stderr.write('AUTH_JWT_SECRET is not set: export the same secret the API uses.\n');
+  process.exit(1);
+}
+const claims: Record<string, unknown> = { tid: values.tenant };
+if (values.role?.length) claims.roles = values.role;
+else claims.scp = values.scope;
+
+let token = new SignJWT(claims).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setIssuedAt().setExpirationTime(values.expires);
+if (config.AUTH_AUDIENCE) token = token.setAudience(config.AUTH_AUDIENCE);
+if (config.AUTH_ISSUER) token = token.setIssuer(config.AUTH_ISSUER);
+process.stdout.write(`${await token.sign(new TextEncoder().encode(config.AUTH_JWT_SECRET))}\n`);

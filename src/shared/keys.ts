@@ -1,0 +1,49 @@
+import type { OperationRef } from './operation.js';
+
+/**
+ * The one place that names Redis keys. Nobody else concatenates key strings.
+ *
+ * Layout (`v1` lets a future format live beside this one):
+ *   {prefix}:v1:{tenant|connection}:op:{operationId}  hash   one operation (s, e, c, u)
+ *   {prefix}:v1:{tenant|connection}:index             zset   every operation, scored by creation ms
+ *   {prefix}:v1:{tenant|connection}:status:{status}   zset   operations in one status; the
+ *                                                             `inprogress` one is the outbox the
+ *                                                             reconciler sweeps
+ *   {prefix}:v1:connections                           zset   "tenant|connection" pairs that had
+ *                                                             creates, scored by last create ms
+ *   {prefix}:v1:reconciler-lock                       string one reconciler sweep at a time
+ *   {prefix}:{operations}:…                           BullMQ's own keys (its `prefix` option)
+ *
+ * The `{tenant|connection}` hash tag keeps one connection's keys in one Redis Cluster slot, so
+ * each Lua script touches one slot. Tenant ids (`[A-Za-z0-9-]`) and connection ids
+ * (`[A-Za-z0-9]`) cannot contain `|`, `{`, `}` or `:`, so the tag is unambiguous.
+ */
+
+export type ConnectionRef = Pick<OperationRef, 'tenantId' | 'connectionId'>;
+
+export function connectionTag({ tenantId, connectionId }: ConnectionRef): string {
+  return `${tenantId}|${connectionId}`;
+}
+
+export function parseConnectionTag(tag: string): ConnectionRef | undefined {
+  const [tenantId, connectionId, ...rest] = tag.split('|');
+  if (!tenantId || !connectionId || rest.length > 0) return undefined;
+  return { tenantId, connectionId };
+}
+
+export function createKeys(prefix: string) {
+  const connectionKey = (ref: ConnectionRef) => `${prefix}:v1:{${connectionTag(ref)}}`;
+  return {
+    /** Prefix of every operation hash of a connection; scripts append the operation id. */
+    operationPrefix: (ref: ConnectionRef) => `${connectionKey(ref)}:op:`,
+    operation: (ref: OperationRef) => `${connectionKey(ref)}:op:${ref.operationId}`,
+    index: (ref: ConnectionRef) => `${connectionKey(ref)}:index`,
+    statusIndex: (ref: ConnectionRef, status: string) => `${connectionKey(ref)}:status:${status}`,
+    connections: () => `${prefix}:v1:connections`,
+    reconcilerLock: () => `${prefix}:v1:reconciler-lock`,
+    /** BullMQ's `prefix` option; BullMQ appends `:{queue name}:…`. */
+    bullPrefix: () => prefix,
+  };
+}
+
+export type Keys = ReturnType<typeof createKeys>;

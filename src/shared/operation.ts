@@ -1,0 +1,120 @@
+import { z } from 'zod';
+
+/** The connectionOperation resource and its identifiers, as Microsoft Graph defines them. */
+
+export const OPERATION_STATUSES = ['unspecified', 'inprogress', 'completed', 'failed'] as const;
+export type OperationStatus = (typeof OPERATION_STATUSES)[number];
+export type TerminalStatus = 'completed' | 'failed';
+
+export const innerErrorDetailSchema = z.object({
+  source: z.string().optional(),
+  message: z.string().optional(),
+});
+
+export const errorDetailSchema = z.object({
+  errorCode: z.string(),
+  message: z.string(),
+  details: z.array(innerErrorDetailSchema).default([]),
+});
+export type ErrorDetail = z.infer<typeof errorDetailSchema>;
+
+export interface Operation {
+  id: string;
+  status: OperationStatus;
+  error: ErrorDetail | null;
+  /** When the service accepted the operation, and when its status last changed (ms). */
+  createdAt: number;
+  lastActionAt: number;
+}
+
+/** Everything that identifies one operation: the tenant, the connection and the id. */
+export interface OperationRef {
+  tenantId: string;
+  connectionId: string;
+  operationId: string;
+}
+
+// ---- identifiers ----
+
+export const OPERATION_ID_PATTERN = /^[A-Za-z0-9._~-]{1,128}$/;
+export const OPERATION_ID_RULE = '1-128 characters of letters, digits, ".", "_", "~" and "-"';
+
+/** Tenant ids come from tokens (`tid`, a GUID in Entra ID); this shape keeps them safe inside
+ *  Redis keys and job ids. */
+export const TENANT_ID_PATTERN = /^[A-Za-z0-9-]{1,64}$/;
+
+const RESERVED_CONNECTION_IDS = new Set(
+  [
+    'None',
+    'Directory',
+    'Exchange',
+    'ExchangeArchive',
+    'LinkedIn',
+    'Mailbox',
+    'OneDriveBusiness',
+    'SharePoint',
+    'Teams',
+    'Yammer',
+    'Connectors',
+    'TaskFabric',
+    'PowerBI',
+    'Assistant',
+    'TopicEngine',
+    'MSFT_All_Connectors',
+  ].map((id) => id.toLowerCase()),
+);
+
+export const CONNECTION_ID_RULE =
+  'A connection id is 3-32 ASCII letters and digits, must not begin with "Microsoft", ' +
+  'and must not be one of None, Directory, Exchange, ExchangeArchive, LinkedIn, Mailbox, ' +
+  'OneDriveBusiness, SharePoint, Teams, Yammer, Connectors, TaskFabric, PowerBI, Assistant, ' +
+  'TopicEngine, MSFT_All_Connectors.';
+
+/** Graph's connection-id rules. Reserved names are compared case-insensitively, as Graph does. */
+export function isValidConnectionId(id: string): boolean {
+  return (
+    /^[A-Za-z0-9]{3,32}$/.test(id) &&
+    !id.toLowerCase().startsWith('microsoft') &&
+    !RESERVED_CONNECTION_IDS.has(id.toLowerCase())
+  );
+}
+
+// ---- the create body ----
+
+const ODATA_TYPE = 'microsoft.graph.connectionOperation';
+
+/** What a client may send when creating an operation; every property names its own rule. */
+export const createOperationBodySchema = z.strictObject({
+  '@odata.type': z
+    .string()
+    .refine((value) => value.replace(/^#/, '') === ODATA_TYPE, {
+      message: `must be "#${ODATA_TYPE}"`,
+    })
+    .optional(),
+  id: z
+    .string({ error: `must be a string of ${OPERATION_ID_RULE}` })
+    .regex(OPERATION_ID_PATTERN, { message: `must be ${OPERATION_ID_RULE}` })
+    .optional(),
+  status: z
+    .enum(['unspecified', 'inprogress'], {
+      error: 'must be "unspecified" or "inprogress" when creating: the service manages the status',
+    })
+    .optional(),
+  error: z.null({ error: 'must be null when creating: errors are recorded by the service' }).optional(),
+});
+export type CreateOperationBody = z.infer<typeof createOperationBodySchema>;
+
+/** Turns the first problem zod found in a create body into a sentence naming the property. */
+export function describeCreateBodyProblem(error: z.ZodError): string {
+  const issue = error.issues[0];
+  if (!issue) return 'The request body is not a valid connectionOperation.';
+  if (issue.code === 'unrecognized_keys') {
+    const names = issue.keys.map((key) => `'${key}'`).join(', ');
+    return (
+      `Property ${names} is not allowed when creating a connectionOperation; ` +
+      'the allowed properties are @odata.type, id, status and error.'
+    );
+  }
+  if (issue.path.length === 0) return 'The request body must be a JSON object.';
+  return `Property '${issue.path.join('.')}' ${issue.message}.`;
+}

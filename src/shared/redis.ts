@@ -1,0 +1,59 @@
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
+
+/** A single Redis or a Redis Cluster: both speak the commands and scripts this service uses. */
+export type RedisClient = Redis | Cluster;
+
+/**
+ * `producer`: the API. Fails fast while Redis is away (no offline queue, a command timeout),
+ * so a request answers 503 at once instead of hanging.
+ * `consumer`: workers. Waits through outages (BullMQ requires `maxRetriesPerRequest: null`).
+ */
+export type RedisRole = 'producer' | 'consumer';
+
+export interface RedisConnectionOptions {
+  url: string;
+  role: RedisRole;
+  commandTimeoutMs?: number;
+  connectionName?: string;
+}
+
+export function createRedis({ url, role, commandTimeoutMs, connectionName }: RedisConnectionOptions): RedisClient {
+  const roleOptions: RedisOptions =
+    role === 'producer'
+      ? { enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: commandTimeoutMs }
+      : { maxRetriesPerRequest: null };
+  // Reconnect forever with a capped backoff: an outage must end with the process resuming on
+  // its own, never with a process that gave up.
+  const common: RedisOptions = {
+    ...roleOptions,
+    connectionName,
+    retryStrategy: (times) => Math.min(times * 100, 2000),
+  };
+
+  const urls = url.split(',').map((part) => part.trim()).filter(Boolean);
+  if (urls.length > 1) {
+    const nodes = urls.map((nodeUrl) => {
+      const parsed = new URL(nodeUrl);
+      return { host: parsed.hostname, port: Number(parsed.port || 6379) };
+    });
+    const first = new URL(urls[0]!);
+    const clusterOptions: ClusterOptions = {
+      enableOfflineQueue: role === 'consumer',
+      clusterRetryStrategy: (times) => Math.min(times * 100, 2000),
+      redisOptions: {
+        ...common,
+        username: first.username || undefined,
+        password: first.password ? decodeURIComponent(first.password) : undefined,
+        tls: first.protocol === 'rediss:' ? {} : undefined,
+      },
+    };
+    return new Cluster(nodes, clusterOptions);
+  }
+  return new Redis(urls[0] ?? 'redis://127.0.0.1:6379', common);
+}
+
+/** Resolves once the client is ready to take commands (ioredis keeps retrying meanwhile). */
+export async function waitUntilReady(client: RedisClient): Promise<void> {
+  if (client.status === 'ready') return;
+  await new Promise<void>((resolve) => client.once('ready', () => resolve()));
+}

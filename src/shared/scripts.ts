@@ -1,0 +1,134 @@
+import { createHash } from 'node:crypto';
+import type { RedisClient } from './redis.js';
+
+/**
+ * The store's Lua scripts: every read-modify-write that must be atomic happens here, in one
+ * script per transition. All KEYS of one call share the connection's hash tag (one cluster slot);
+ * operation hashes are addressed as ARGV prefix .. id, inside that same tag.
+ *
+ * An operation hash holds: s = status, e = errorDetail JSON (failed only), c = created ms,
+ * u = last action ms.
+ */
+
+/** Removes up to `n` of the oldest index entries whose operation hash has expired. Amortizes
+ *  index cleanup over writes, so an index never keeps dead entries forever. */
+const PRUNE_OLDEST = `
+local function prune_oldest(index, op_prefix, n)
+  local oldest = redis.call('ZRANGE', index, 0, n - 1)
+  for _, id in ipairs(oldest) do
+    if redis.call('EXISTS', op_prefix .. id) == 0 then redis.call('ZREM', index, id) end
+  end
+end
+`;
+
+/**
+ * create: create-if-absent.
+ * KEYS[1] operation hash, KEYS[2] index, KEYS[3] inprogress status index
+ * ARGV[1] operation id, ARGV[2] now ms, ARGV[3] operation key prefix, ARGV[4] index ttl ms
+ * Returns 1 when created, 0 when the id is taken.
+ */
+const CREATE = `${PRUNE_OLDEST}
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 's', 'inprogress', 'c', ARGV[2], 'u', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+prune_oldest(KEYS[2], ARGV[3], 2)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
+`;
+
+/**
+ * finish: the one inprogress -> terminal transition. A terminal operation never changes again.
+ * KEYS[1] operation hash, KEYS[2] inprogress status index, KEYS[3] target status index,
+ * KEYS[4] index
+ * ARGV[1] operation id, ARGV[2] terminal status, ARGV[3] errorDetail JSON or '', ARGV[4] now ms,
+ * ARGV[5] retention ms, ARGV[6] operation key prefix, ARGV[7] index ttl ms
+ * Returns 1 when this call finished it, 0 when it was already terminal, -1 when it is unknown.
+ */
+const FINISH = `${PRUNE_OLDEST}
+local status = redis.call('HGET', KEYS[1], 's')
+if not status then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return -1
+end
+if status ~= 'inprogress' then return 0 end
+redis.call('HSET', KEYS[1], 's', ARGV[2], 'u', ARGV[4])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'e', ARGV[3]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'c'), ARGV[1])
+prune_oldest(KEYS[3], ARGV[6], 2)
+redis.call('PEXPIRE', KEYS[3], ARGV[7])
+redis.call('PEXPIRE', KEYS[4], ARGV[7])
+return 1
+`;
+
+/**
+ * list: one page of an index, newest first, skipping (and removing) entries whose operation
+ * expired. Cost depends on the page size, not on the index size (ranks are O(log n)).
+ * KEYS[1] index (all operations, or one status)
+ * ARGV[1] operation key prefix, ARGV[2] page size, ARGV[3] cursor score or '',
+ * ARGV[4] cursor id or ''
+ * Returns { hasMore, id1, s1, e1, c1, u1, id2, … }.
+ */
+const LIST = `
+local index, op_prefix, size = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local start = 0
+if ARGV[3] ~= '' then
+  local rank = redis.call('ZREVRANK', index, ARGV[4])
+  if rank and tonumber(redis.call('ZSCORE', index, ARGV[4])) == tonumber(ARGV[3]) then
+    start = rank + 1
+  else
+    start = redis.call('ZCOUNT', index, '(' .. ARGV[3], '+inf')
+  end
+end
+local out, found, dead = {0}, 0, {}
+for _ = 1, 20 do
+  local want = size + 1 - found
+  local ids = redis.call('ZRANGE', index, start, start + want - 1, 'REV')
+  if #ids == 0 then break end
+  start = start + #ids
+  for _, id in ipairs(ids) do
+    local op = redis.call('HMGET', op_prefix .. id, 's', 'e', 'c', 'u')
+    if not op[1] then
+      dead[#dead + 1] = id
+    elseif found < size then
+      found = found + 1
+      out[#out + 1] = id
+      out[#out + 1] = op[1]
+      out[#out + 1] = op[2] or ''
+      out[#out + 1] = op[3]
+      out[#out + 1] = op[4]
+    else
+      out[1] = 1
+      break
+    end
+  end
+  if out[1] == 1 or #ids < want then break end
+end
+if #dead > 0 then redis.call('ZREM', index, unpack(dead)) end
+return out
+`;
+
+export class Script {
+  readonly sha: string;
+  constructor(readonly source: string) {
+    this.sha = createHash('sha1').update(source).digest('hex');
+  }
+
+  /** EVALSHA, falling back to EVAL the first time a Redis node has not seen the script. */
+  async run(client: RedisClient, keys: string[], args: (string | number)[]): Promise<unknown> {
+    try {
+      return await client.evalsha(this.sha, keys.length, ...keys, ...args);
+    } catch (error) {
+      if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw error;
+      return client.eval(this.source, keys.length, ...keys, ...args);
+    }
+  }
+}
+
+export const scripts = {
+  create: new Script(CREATE),
+  finish: new Script(FINISH),
+  list: new Script(LIST),
+};

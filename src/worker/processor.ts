@@ -1,0 +1,57 @@
+import { errorDetailSchema, type ErrorDetail, type OperationStatus } from '../shared/operation.js';
+
+/**
+ * The processor contract. A processor is an async function that does an operation's work:
+ * resolving means `completed`; throwing an OperationFailure (or any error carrying a valid
+ * `errorDetail`) means `failed` at once; throwing anything else is transient and retried until
+ * the attempts run out.
+ */
+export interface ProcessorInput {
+  tenantId: string;
+  connectionId: string;
+  operation: { id: string; status: OperationStatus; error: ErrorDetail | null };
+  /** 1 on the first attempt. */
+  attempt: number;
+  /** Aborted when the worker is shutting down and stops waiting for the processor. */
+  signal: AbortSignal;
+}
+
+export type Processor = (input: ProcessorInput) => Promise<void>;
+
+/** A failure that retrying cannot fix; its errorDetail is recorded on the operation. */
+export class OperationFailure extends Error {
+  override name = 'OperationFailure';
+  constructor(readonly errorDetail: ErrorDetail) {
+    super(errorDetail.message);
+  }
+}
+
+/** A failure worth retrying; `errorCode` names it in the errorDetail if the last attempt fails. */
+export class TransientFailure extends Error {
+  override name = 'TransientFailure';
+  constructor(
+    readonly errorCode: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The errorDetail of a permanent failure; module processors need not import our class, an
+ *  error with a valid `errorDetail` property is enough. */
+export function permanentFailureOf(error: unknown): ErrorDetail | undefined {
+  if (typeof error !== 'object' || error === null || !('errorDetail' in error)) return undefined;
+  const parsed = errorDetailSchema.safeParse(error.errorDetail);
+  return parsed.success ? parsed.data : undefined;
+}
+
+/** What the operation records when its last attempt failed transiently. */
+export function exhaustedFailure(error: unknown, attempts: number): ErrorDetail {
+  const errorCode = error instanceof TransientFailure ? error.errorCode : 'processingFailed';
+  const reason = error instanceof Error ? error.message : String(error);
+  return {
+    errorCode,
+    message: `Processing failed after ${attempts} attempt${attempts === 1 ? '' : 's'}: ${reason}`,
+    details: [],
+  };
+}

@@ -1,0 +1,74 @@
+import { createHmac } from 'node:crypto';
+import { z } from 'zod';
+import { errorDetailSchema, type ErrorDetail } from '../../shared/operation.js';
+import { OperationFailure, TransientFailure, type Processor } from '../processor.js';
+
+export interface HttpProcessorOptions {
+  url: string;
+  /** When set, each request carries `X-Signature: sha256=<hex HMAC-SHA256 of the body>`. */
+  secret?: string | undefined;
+  timeoutMs: number;
+}
+
+/** Statuses that say "try again later" rather than "this operation is wrong". */
+const RETRYABLE_STATUSES = new Set([408, 429]);
+
+const graphErrorSchema = z.object({
+  error: z.object({ code: z.string(), message: z.string() }),
+});
+
+/**
+ * POSTs `{ tenantId, connectionId, operation, attempt }` to the processor URL.
+ * 2xx: completed. 4xx (but 408/429): failed at once, with the errorDetail from the body.
+ * 408, 429, 5xx, timeouts and network errors: retried.
+ */
+export function httpProcessor({ url, secret, timeoutMs }: HttpProcessorOptions): Processor {
+  return async ({ tenantId, connectionId, operation, attempt, signal }) => {
+    const body = JSON.stringify({ tenantId, connectionId, operation, attempt });
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    if (secret) headers['x-signature'] = `sha256=${createHmac('sha256', secret).update(body).digest('hex')}`;
+
+    let response: Response;
+    try {
+      response = await fetch(url, {
+        method: 'POST',
+        headers,
+        body,
+        signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
+      });
+    } catch (error) {
+      if (error instanceof Error && error.name === 'TimeoutError') {
+        throw new TransientFailure('processorTimeout', `the processor did not answer within ${timeoutMs} ms`);
+      }
+      const cause = error instanceof Error && error.cause instanceof Error ? error.cause.message : String(error);
+      throw new TransientFailure('processorUnreachable', `the processor could not be reached (${cause})`);
+    }
+
+    const text = await response.text().catch(() => '');
+    if (response.ok) return;
+    const answered = `the processor answered ${response.status} ${response.statusText}`.trim();
+    if (response.status >= 500 || RETRYABLE_STATUSES.has(response.status)) {
+      throw new TransientFailure('processorUnavailable', answered);
+    }
+    throw new OperationFailure(errorDetailFromBody(text) ?? {
+      errorCode: 'processorRejected',
+      message: `${answered}${text ? `: ${text.slice(0, 500)}` : ''}`,
+      details: [],
+    });
+  };
+}
+
+/** A 4xx body is either an errorDetail or a Graph error; anything else is not trusted. */
+function errorDetailFromBody(text: string): ErrorDetail | undefined {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  const detail = errorDetailSchema.safeParse(json);
+  if (detail.success) return detail.data;
+  const graph = graphErrorSchema.safeParse(json);
+  if (graph.success) return { errorCode: graph.data.error.code, message: graph.data.error.message, details: [] };
+  return undefined;
+}
