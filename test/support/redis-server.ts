@@ -72,6 +72,7 @@ export async function waitForPing(port: number, timeoutMs: number): Promise<void
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    client.on('error', () => {}); // refused connections are expected until the server is up
     try {
       await client.connect();
       if ((await client.ping()) === 'PONG') return;

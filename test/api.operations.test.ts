@@ -1,0 +1,281 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createApiContext, type ApiContext } from './support/context.js';
+
+let ctx: ApiContext;
+beforeEach(async () => {
+  ctx = await createApiContext();
+});
+afterEach(async () => {
+  await ctx.close();
+});
+
+const OPS = '/v1.0/external/connections/contosohr/operations';
+
+async function expectGraphError(response: Response, status: number, code: string, message?: RegExp) {
+  expect(response.status).toBe(status);
+  const body = (await response.json()) as { error: { code: string; message: string; innerError: Record<string, string> } };
+  expect(body.error.code).toBe(code);
+  if (message) expect(body.error.message).toMatch(message);
+  expect(body.error.innerError['request-id']).toBe(response.headers.get('request-id'));
+  expect(body.error.innerError.date).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+  return body;
+}
+
+describe('POST operations', () => {
+  it('answers 201 with status inprogress, an absolute Location and Retry-After', async () => {
+    const response = await ctx.post(OPS, { id: 'op-1' });
+    expect(response.status).toBe(201);
+    expect(response.headers.get('location')).toBe(`http://localhost${OPS}/op-1`);
+    expect(response.headers.get('retry-after')).toBe('1');
+    const body = (await response.json()) as Record<string, unknown>;
+    expect(body).toMatchObject({ id: 'op-1', status: 'inprogress', error: null });
+    expect(await ctx.queue.bull.getJobState(`${'11111111-1111-4111-8111-111111111111'}~contosohr~op-1`)).toBe('waiting');
+  });
+
+  it('generates a UUID when the body has no id', async () => {
+    const response = await ctx.post(OPS, {});
+    const body = (await response.json()) as { id: string };
+    expect(body.id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  });
+
+  it.each([
+    ['/external/connections/contosohr/operations'],
+    ['/connections/contosohr/operations'],
+    ['/external/connections/contosohr/operations/$ref'],
+    ['/connections/contosohr/operations/$ref'],
+    ['/v1.0/external/connections/contosohr/operations/%24ref'],
+    ['/beta/connections/contosohr/operations'],
+    ['/beta/external/connections/contosohr/operations/$ref'],
+  ])('accepts creates at %s and points Location at the operation', async (path) => {
+    const response = await ctx.post(path, { id: 'same' });
+    expect(response.status).toBe(201);
+    const collection = path.replace(/\/(\$|%24)ref$/, '');
+    expect(response.headers.get('location')).toBe(`http://localhost${collection}/same`);
+  });
+
+  it('accepts every documented property with allowed values', async () => {
+    const response = await ctx.post(OPS, {
+      '@odata.type': '#microsoft.graph.connectionOperation',
+      id: 'A-z.0_9~',
+      status: 'unspecified',
+      error: null,
+    });
+    expect(response.status).toBe(201);
+    expect(await response.json()).toMatchObject({ id: 'A-z.0_9~', status: 'inprogress' });
+  });
+
+  it('accepts a client id made only of digits', async () => {
+    const response = await ctx.post(OPS, { id: '1234567890' });
+    expect(response.status).toBe(201);
+    const read = await ctx.request(`${OPS}/1234567890`);
+    expect(await read.json()).toMatchObject({ id: '1234567890', status: 'inprogress' });
+  });
+
+  it('treats an empty body without Content-Type as an empty object', async () => {
+    const response = await ctx.request(OPS, { method: 'POST' });
+    expect(response.status).toBe(201);
+  });
+
+  it.each([
+    [{ name: 'x' }, /Property 'name' is not allowed/],
+    [{ id: 'has space' }, /Property 'id' must be 1-128 characters/],
+    [{ id: 'x'.repeat(129) }, /Property 'id' must be 1-128/],
+    [{ id: 42 }, /Property 'id' must be a string/],
+    [{ status: 'completed' }, /Property 'status' must be "unspecified" or "inprogress"/],
+    [{ status: 'unknownFutureValue' }, /Property 'status'/],
+    [{ error: { errorCode: 'x', message: 'y' } }, /Property 'error' must be null/],
+    [{ '@odata.type': '#microsoft.graph.externalItem' }, /Property '@odata.type' must be/],
+    [[1, 2], /must be a JSON object/],
+    ['"text"', /must be a JSON object/],
+  ])('answers 400 naming the property for %j', async (body, message) => {
+    await expectGraphError(await ctx.post(OPS, body), 400, 'badRequest', message);
+  });
+
+  it('answers 400 when the body is not JSON', async () => {
+    await expectGraphError(await ctx.post(OPS, '{"id": '), 400, 'badRequest', /not valid JSON/);
+  });
+
+  it('answers 409 when the id is already taken in the connection', async () => {
+    expect((await ctx.post(OPS, { id: 'dup' })).status).toBe(201);
+    await expectGraphError(await ctx.post(OPS, { id: 'dup' }), 409, 'conflict', /'dup' already exists/);
+  });
+
+  it('allows the same id in another connection', async () => {
+    expect((await ctx.post(OPS, { id: 'dup' })).status).toBe(201);
+    expect((await ctx.post('/external/connections/otherconn/operations', { id: 'dup' })).status).toBe(201);
+  });
+
+  it('answers 413 for a body over 1 MiB, declared or streamed', async () => {
+    const big = JSON.stringify({ id: 'x', pad: 'y'.repeat(1024 * 1024) });
+    await expectGraphError(await ctx.post(OPS, big), 413, 'requestEntityTooLarge');
+    const stream = new ReadableStream({
+      start(controller) {
+        controller.enqueue(new TextEncoder().encode(big));
+        controller.close();
+      },
+    });
+    const chunked = await ctx.request(OPS, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: stream,
+      duplex: 'half',
+    } as RequestInit);
+    await expectGraphError(chunked, 413, 'requestEntityTooLarge');
+  });
+
+  it.each(['text/plain', 'application/x-www-form-urlencoded', 'application/xml'])('answers 415 for Content-Type %s', async (type) => {
+    await expectGraphError(await ctx.post(OPS, '{}', { 'content-type': type }), 415, 'unsupportedMediaType');
+  });
+
+  it('accepts application/json with a charset', async () => {
+    expect((await ctx.post(OPS, '{}', { 'content-type': 'application/json; charset=utf-8' })).status).toBe(201);
+  });
+});
+
+describe('connection ids', () => {
+  it.each(['ab', 'a'.repeat(33), 'has-dash', 'MicrosoftThing', 'microsoftthing', 'SharePoint', 'teams', 'MSFTAllConnectors1'.slice(0, 2)])(
+    'answers 400 stating the rule for %s',
+    async (id) => {
+      const body = await expectGraphError(await ctx.post(`/external/connections/${id}/operations`, {}), 400, 'badRequest');
+      expect(body.error.message).toContain('3-32 ASCII letters and digits');
+      await expectGraphError(await ctx.request(`/external/connections/${id}/operations`), 400, 'badRequest');
+    },
+  );
+
+  it.each(['abc', 'a'.repeat(32), 'Contoso2024', '123'])('accepts %s', async (id) => {
+    expect((await ctx.post(`/external/connections/${id}/operations`, {})).status).toBe(201);
+  });
+});
+
+describe('GET an operation', () => {
+  it('answers 200 with the operation and Retry-After while inprogress', async () => {
+    await ctx.post(OPS, { id: 'op-1' });
+    const response = await ctx.request(`${OPS}/op-1`);
+    expect(response.status).toBe(200);
+    expect(response.headers.get('retry-after')).toBe('1');
+    expect(await response.json()).toMatchObject({ id: 'op-1', status: 'inprogress', error: null });
+  });
+
+  it('shows a terminal status and its errorDetail, without Retry-After', async () => {
+    await ctx.post(OPS, { id: 'op-1' });
+    const detail = { errorCode: 'itemBroken', message: 'broken', details: [{ source: 'x' }] };
+    await ctx.store.finish({ tenantId: '11111111-1111-4111-8111-111111111111', connectionId: 'contosohr', operationId: 'op-1' }, 'failed', detail);
+    const response = await ctx.request(`/beta/connections/contosohr/operations/op-1`);
+    expect(response.headers.get('retry-after')).toBeNull();
+    expect(await response.json()).toMatchObject({ id: 'op-1', status: 'failed', error: detail });
+  });
+
+  it.each(['missing', 'bad%20id', 'x'.repeat(200)])('answers 404 for %s', async (id) => {
+    await expectGraphError(await ctx.request(`${OPS}/${id}`), 404, 'itemNotFound');
+  });
+});
+
+describe('list operations', () => {
+  async function createMany(count: number, connection = 'contosohr') {
+    for (let i = 0; i < count; i++) {
+      expect((await ctx.post(`/external/connections/${connection}/operations`, { id: `op${String(i).padStart(3, '0')}` })).status).toBe(201);
+    }
+  }
+
+  it('answers an empty list for a connection without operations', async () => {
+    const response = await ctx.request(OPS);
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ value: [] });
+  });
+
+  it('pages newest first through absolute nextLinks until every operation is seen once', async () => {
+    await createMany(7);
+    const seen: string[] = [];
+    let url: string | undefined = `${OPS}?$top=3`;
+    let pages = 0;
+    while (url) {
+      const response = await ctx.request(url);
+      expect(response.status).toBe(200);
+      const body = (await response.json()) as { value: { id: string }[]; '@odata.nextLink'?: string };
+      seen.push(...body.value.map((op) => op.id));
+      url = body['@odata.nextLink'];
+      if (url) {
+        expect(url).toMatch(/^http:\/\/localhost\/v1\.0\/external\/connections\/contosohr\/operations\?\$top=3&\$skiptoken=/);
+        url = url.replace('http://localhost', '');
+      }
+      pages++;
+    }
+    expect(pages).toBe(3);
+    expect(seen).toEqual(['op006', 'op005', 'op004', 'op003', 'op002', 'op001', 'op000']);
+  });
+
+  it('filters by status and counts with $count=true', async () => {
+    await createMany(4);
+    const ref = { tenantId: '11111111-1111-4111-8111-111111111111', connectionId: 'contosohr' };
+    await ctx.store.finish({ ...ref, operationId: 'op001' }, 'completed');
+    await ctx.store.finish({ ...ref, operationId: 'op002' }, 'failed', { errorCode: 'x', message: 'y', details: [] });
+
+    const completed = await ctx.request(`${OPS}?$filter=status eq 'completed'&$count=true`);
+    expect(await completed.json()).toMatchObject({ '@odata.count': 1, value: [{ id: 'op001', status: 'completed' }] });
+    const inprogress = (await (await ctx.request(`${OPS}?$filter=${encodeURIComponent("status eq 'inprogress'")}`)).json()) as {
+      value: { id: string }[];
+    };
+    expect(inprogress.value.map((op) => op.id)).toEqual(['op003', 'op000']);
+    const all = await ctx.request(`${OPS}?$count=true&$top=1`);
+    expect(await all.json()).toMatchObject({ '@odata.count': 4 });
+    expect(await (await ctx.request(`${OPS}?$filter=status eq 'unspecified'`)).json()).toEqual({ value: [] });
+  });
+
+  it.each([
+    ['$top=0', /\$top/],
+    ['$top=1000', /\$top/],
+    ['$top=abc', /\$top/],
+    ['$filter=id eq \'x\'', /\$filter/],
+    ['$filter=status eq \'done\'', /\$filter/],
+    ['$count=yes', /\$count/],
+    ['$skiptoken=garbage', /\$skiptoken/],
+    ['$select=id', /'\$select' is not supported/],
+    ['$orderby=id', /'\$orderby' is not supported/],
+    ['$top=1&$top=2', /more than once/],
+  ])('answers 400 for %s', async (query, message) => {
+    await expectGraphError(await ctx.request(`${OPS}?${query}`), 400, 'badRequest', message);
+  });
+
+  it('builds links from PUBLIC_BASE_URL, or from trusted X-Forwarded headers', async () => {
+    await ctx.close();
+    ctx = await createApiContext({ PUBLIC_BASE_URL: 'https://api.contoso.com/ops/' });
+    const created = await ctx.post(OPS, { id: 'a' });
+    expect(created.headers.get('location')).toBe(`https://api.contoso.com/ops${OPS}/a`);
+
+    await ctx.close();
+    ctx = await createApiContext({ TRUST_PROXY: 'true' });
+    const forwarded = { 'x-forwarded-proto': 'https', 'x-forwarded-host': 'graph.contoso.com, internal:3000' };
+    const proxied = await ctx.post(OPS, { id: 'b' }, forwarded);
+    expect(proxied.headers.get('location')).toBe(`https://graph.contoso.com${OPS}/b`);
+    await ctx.post(OPS, { id: 'c' });
+    const page = (await (await ctx.request(`${OPS}?$top=1`, { headers: forwarded })).json()) as Record<string, string>;
+    expect(page['@odata.nextLink']).toMatch(/^https:\/\/graph\.contoso\.com\/v1\.0\/external/);
+  });
+
+  it('ignores X-Forwarded headers unless TRUST_PROXY is set', async () => {
+    const created = await ctx.post(OPS, { id: 'a' }, { 'x-forwarded-host': 'evil.example', 'x-forwarded-proto': 'https' });
+    expect(created.headers.get('location')).toBe(`http://localhost${OPS}/a`);
+  });
+});
+
+describe('every response', () => {
+  it('carries a request-id and echoes client-request-id', async () => {
+    const response = await ctx.request(OPS, { headers: { 'client-request-id': 'abc-123' } });
+    expect(response.headers.get('request-id')).toMatch(/^[0-9a-f-]{36}$/);
+    expect(response.headers.get('client-request-id')).toBe('abc-123');
+    const error = await ctx.request('/nowhere', { headers: { 'client-request-id': 'abc-123' } });
+    const body = await expectGraphError(error, 404, 'notFound');
+    expect(body.error.innerError['client-request-id']).toBe('abc-123');
+  });
+
+  it('answers 405 with Allow for a known path and another method', async () => {
+    const response = await ctx.request(`${OPS}/op-1`, { method: 'DELETE' });
+    await expectGraphError(response, 405, 'methodNotAllowed');
+    expect(response.headers.get('allow')).toBe('GET');
+  });
+
+  it('answers healthz and readyz without a token', async () => {
+    expect((await ctx.app.request('/healthz')).status).toBe(200);
+    expect(await (await ctx.app.request('/readyz')).json()).toEqual({ status: 'ready' });
+  });
+});

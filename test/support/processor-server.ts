@@ -1,0 +1,100 @@
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+/**
+ * A real HTTP processor for end-to-end tests: it answers 200 after a delay, so operations are
+ * in flight long enough for a test to kill a worker mid-job, and records every call.
+ *
+ * Each worker gets its own URL, `http://127.0.0.1:<port>/<worker>?delayMs=<n>`, so the server
+ * knows which worker sent each call and which calls each worker has in flight.
+ */
+
+export interface ProcessorCall {
+  operationId: string;
+  /** The path segment of the URL the worker was given. */
+  worker: string;
+  attempt: number;
+  receivedAt: number;
+  /** When the 200 was written; undefined while in flight. */
+  answeredAt?: number;
+}
+
+export interface ProcessorServer {
+  /** The PROCESSOR_URL for one worker. */
+  urlFor(worker: string, delayMs: number): string;
+  readonly calls: ProcessorCall[];
+  /** Calls not answered yet, optionally of one worker. */
+  inFlight(worker?: string): ProcessorCall[];
+  /** How many times the processor was called for each operation id. */
+  timesSeen(): Map<string, number>;
+  /** Runs synchronously after each call is recorded (a test can kill a worker at an exact moment). */
+  onCall: ((call: ProcessorCall) => void) | undefined;
+  /** Forgets every call (between tests). */
+  reset(): void;
+  close(): Promise<void>;
+}
+
+export async function startProcessorServer(): Promise<ProcessorServer> {
+  let calls: ProcessorCall[] = [];
+  const inFlight = new Set<ProcessorCall>();
+
+  const handle = async (req: IncomingMessage, res: ServerResponse) => {
+    const url = new URL(req.url ?? '/', 'http://processor');
+    const chunks: Buffer[] = [];
+    for await (const chunk of req) chunks.push(chunk as Buffer);
+    let body: { operation?: { id?: unknown }; attempt?: unknown };
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as typeof body;
+    } catch {
+      res.writeHead(400).end();
+      return;
+    }
+    const call: ProcessorCall = {
+      operationId: String(body.operation?.id),
+      worker: url.pathname.slice(1),
+      attempt: Number(body.attempt),
+      receivedAt: Date.now(),
+    };
+    calls.push(call);
+    inFlight.add(call);
+    server.onCall?.(call);
+    const delayMs = Number(url.searchParams.get('delayMs') ?? 0);
+    setTimeout(() => {
+      inFlight.delete(call);
+      call.answeredAt = Date.now();
+      // The worker may have been killed meanwhile; writing to its closed socket is harmless.
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    }, delayMs);
+  };
+
+  const http = createServer((req, res) => {
+    handle(req, res).catch(() => res.destroy());
+  });
+  await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
+  const { port } = http.address() as AddressInfo;
+
+  const server: ProcessorServer = {
+    urlFor: (worker, delayMs) => `http://127.0.0.1:${port}/${worker}?delayMs=${delayMs}`,
+    get calls() {
+      return calls;
+    },
+    inFlight: (worker) => [...inFlight].filter((call) => worker === undefined || call.worker === worker),
+    timesSeen() {
+      const seen = new Map<string, number>();
+      for (const call of calls) seen.set(call.operationId, (seen.get(call.operationId) ?? 0) + 1);
+      return seen;
+    },
+    onCall: undefined,
+    reset() {
+      calls = [];
+      inFlight.clear();
+      server.onCall = undefined;
+    },
+    async close() {
+      const closed = new Promise<void>((resolve) => http.close(() => resolve()));
+      http.closeAllConnections();
+      await closed;
+    },
+  };
+  return server;
+}

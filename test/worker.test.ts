@@ -1,0 +1,255 @@
+import { createHmac } from 'node:crypto';
+import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { Operation } from '../src/shared/operation.js';
+import { OperationQueue } from '../src/shared/queue.js';
+import { createRedis, waitUntilReady, type RedisClient } from '../src/shared/redis.js';
+import { OperationStore } from '../src/shared/store.js';
+import type { Processor } from '../src/worker/processor.js';
+import { completeEverything } from '../src/worker/processors/builtin.js';
+import { httpProcessor } from '../src/worker/processors/http.js';
+import { loadModuleProcessor } from '../src/worker/processors/module.js';
+import { createWorker, type OperationWorker } from '../src/worker/worker.js';
+import { deleteKeys, silentLog, testConfig } from './support/context.js';
+
+type Handler = (body: Record<string, unknown>, req: IncomingMessage, res: ServerResponse) => void;
+
+/** A real local HTTP server standing in for the processor endpoint. */
+async function startProcessorServer(handler: Handler) {
+  const requests: { body: Record<string, unknown>; signature: string | undefined; raw: string }[] = [];
+  const server: Server = createServer((req, res) => {
+    let raw = '';
+    req.on('data', (chunk: Buffer) => (raw += chunk.toString()));
+    req.on('end', () => {
+      const body = JSON.parse(raw) as Record<string, unknown>;
+      requests.push({ body, raw, signature: req.headers['x-signature'] as string | undefined });
+      handler(body, req, res);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/process`;
+  const close = () =>
+    new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections(); // requests left hanging on purpose end here
+    });
+  return { url, requests, close };
+}
+
+function json(res: ServerResponse, status: number, body?: unknown) {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(body === undefined ? '' : JSON.stringify(body));
+}
+
+let redis: RedisClient;
+let store: OperationStore;
+let queue: OperationQueue;
+let worker: OperationWorker | undefined;
+let config: ReturnType<typeof testConfig>;
+const closers: (() => Promise<void>)[] = [];
+
+beforeEach(async () => {
+  config = testConfig({ OPERATION_ATTEMPTS: '3', OPERATION_BACKOFF_MS: '10', WORKER_CONCURRENCY: '4' });
+  redis = createRedis({ url: config.REDIS_URL, role: 'consumer' });
+  await waitUntilReady(redis);
+  store = new OperationStore(redis, { prefix: config.REDIS_PREFIX, retentionMs: 60_000 });
+  queue = new OperationQueue(redis, config.REDIS_PREFIX, { attempts: 3, backoffMs: 10 }, silentLog);
+});
+afterEach(async () => {
+  await worker?.close(1000);
+  worker = undefined;
+  for (const close of closers.splice(0)) await close();
+  await queue.close();
+  await deleteKeys(redis, config.REDIS_PREFIX);
+  await redis.quit();
+});
+
+function startWorker(processor: Processor) {
+  worker = createWorker({ connection: redis, store, processor, config, log: silentLog });
+}
+
+const TENANT = 'tenant-a';
+async function submit(operationId: string) {
+  const ref = { tenantId: TENANT, connectionId: 'conn1', operationId };
+  await store.create(ref);
+  await queue.enqueue(ref);
+  return ref;
+}
+
+async function terminal(operationId: string, timeoutMs = 10_000): Promise<Operation> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const operation = await store.get({ tenantId: TENANT, connectionId: 'conn1', operationId });
+    if (operation && operation.status !== 'inprogress') return operation;
+    if (Date.now() > deadline) throw new Error(`operation ${operationId} still ${operation?.status} after ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+describe('the HTTP processor', () => {
+  it('completes an operation when the endpoint answers 200, with a signed body', async () => {
+    const endpoint = await startProcessorServer((_body, _req, res) => json(res, 200));
+    closers.push(endpoint.close);
+    startWorker(httpProcessor({ url: endpoint.url, secret: 's3cret', timeoutMs: 2000 }));
+    await submit('ok-1');
+    expect(await terminal('ok-1')).toMatchObject({ status: 'completed', error: null });
+    const [request] = endpoint.requests;
+    expect(request?.body).toEqual({
+      tenantId: TENANT,
+      connectionId: 'conn1',
+      operation: { id: 'ok-1', status: 'inprogress', error: null },
+      attempt: 1,
+    });
+    expect(request?.signature).toBe(`sha256=${createHmac('sha256', 's3cret').update(request!.raw).digest('hex')}`);
+  });
+
+  it('handles an operation whose client id is made only of digits', async () => {
+    const endpoint = await startProcessorServer((_body, _req, res) => json(res, 204));
+    closers.push(endpoint.close);
+    startWorker(httpProcessor({ url: endpoint.url, timeoutMs: 2000 }));
+    await submit('20261129');
+    expect(await terminal('20261129')).toMatchObject({ status: 'completed' });
+    expect(endpoint.requests[0]?.signature).toBeUndefined();
+  });
+
+  it('fails at once with the errorCode and message of a 4xx Graph error', async () => {
+    const endpoint = await startProcessorServer((_body, _req, res) =>
+      json(res, 422, { error: { code: 'invalidItem', message: 'The item has no title' } }),
+    );
+    closers.push(endpoint.close);
+    startWorker(httpProcessor({ url: endpoint.url, timeoutMs: 2000 }));
+    await submit('graph-4xx');
+    expect(await terminal('graph-4xx')).toMatchObject({
+      status: 'failed',
+      error: { errorCode: 'invalidItem', message: 'The item has no title', details: [] },
+    });
+    expect(endpoint.requests).toHaveLength(1);
+  });
+
+  it('fails at once with an errorDetail body of a 4xx answer', async () => {
+    const detail = { errorCode: 'schemaMismatch', message: 'Property title is missing', details: [{ source: 'title', message: 'required' }] };
+    const endpoint = await startProcessorServer((_body, _req, res) => json(res, 400, detail));
+    closers.push(endpoint.close);
+    startWorker(httpProcessor({ url: endpoint.url, timeoutMs: 2000 }));
+    await submit('detail-4xx');
+    expect(await terminal('detail-4xx')).toMatchObject({ status: 'failed', error: detail });
+    expect(endpoint.requests).toHaveLength(1);
+  });
+
+  it('records the status and body of a 4xx answer that is neither shape', async () => {
+    const endpoint = await startProcessorServer((_body, _req, res) => {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('no such route');
+    });
+    closers.push(endpoint.close);
+    startWorker(httpProcessor({ url: endpoint.url, timeoutMs: 2000 }));
+    await submit('plain-4xx');
+    const operation = await terminal('plain-4xx');
+    expect(operation.error).toMatchObject({ errorCode: 'processorRejected' });
+    expect(operation.error?.message).toMatch(/404 Not Found: no such route/);
+  });
+
+  it('retries a 503 and completes when the endpoint recovers', async () => {
+    const endpoint = await startProcessorServer((body, _req, res) => json(res, body.attempt === 1 ? 503 : 200));
+    closers.push(endpoint.close);
+    startWorker(httpProcessor({ url: endpoint.url, timeoutMs: 2000 }));
+    await submit('flaky');
+    expect(await terminal('flaky')).toMatchObject({ status: 'completed' });
+    expect(endpoint.requests.map((r) => r.body.attempt)).toEqual([1, 2]);
+  });
+
+  it('fails after the last attempt of an endpoint that always answers 503, saying what happened', async () => {
+    const endpoint = await startProcessorServer((_body, _req, res) => json(res, 503));
+    closers.push(endpoint.close);
+    startWorker(httpProcessor({ url: endpoint.url, timeoutMs: 2000 }));
+    await submit('down');
+    const operation = await terminal('down');
+    expect(operation.error).toEqual({
+      errorCode: 'processorUnavailable',
+      message: 'Processing failed after 3 attempts: the processor answered 503 Service Unavailable',
+      details: [],
+    });
+    expect(endpoint.requests.map((r) => r.body.attempt)).toEqual([1, 2, 3]);
+  });
+
+  it('retries 429 and timeouts, and names a timeout in the errorDetail', async () => {
+    const endpoint = await startProcessorServer((body, _req, res) => {
+      if (body.attempt === 1) json(res, 429);
+      // Later attempts never answer in time.
+    });
+    closers.push(endpoint.close);
+    startWorker(httpProcessor({ url: endpoint.url, timeoutMs: 200 }));
+    await submit('slow');
+    const operation = await terminal('slow');
+    expect(operation.error?.errorCode).toBe('processorTimeout');
+    expect(operation.error?.message).toMatch(/did not answer within 200 ms/);
+  });
+
+  it('fails with processorUnreachable when nothing listens at the URL', async () => {
+    const endpoint = await startProcessorServer((_body, _req, res) => json(res, 200));
+    await endpoint.close();
+    startWorker(httpProcessor({ url: endpoint.url, timeoutMs: 500 }));
+    await submit('nobody');
+    expect((await terminal('nobody')).error).toMatchObject({ errorCode: 'processorUnreachable' });
+  });
+});
+
+describe('the worker', () => {
+  it('never hands a terminal operation to the processor', async () => {
+    const seen: string[] = [];
+    const ref = await submit('already-done');
+    await store.finish(ref, 'completed');
+    await queue.enqueue({ ...ref, operationId: 'already-done' });
+    await submit('fresh');
+    startWorker(async ({ operation }) => void seen.push(operation.id));
+    await terminal('fresh');
+    expect(seen).toEqual(['fresh']);
+  });
+
+  it('completes operations with the built-in processor', async () => {
+    startWorker(completeEverything);
+    await submit('builtin');
+    expect(await terminal('builtin')).toMatchObject({ status: 'completed' });
+  });
+
+  it('loads a JS module processor and records its permanent failure', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cops-module-'));
+    closers.push(async () => rmSync(dir, { recursive: true, force: true }));
+    const path = join(dir, 'processor.mjs');
+    writeFileSync(
+      path,
+      `export default async function ({ operation }) {
+         if (operation.id.startsWith('bad')) {
+           throw Object.assign(new Error('nope'), { errorDetail: { errorCode: 'moduleSaidNo', message: 'bad item' } });
+         }
+       }`,
+    );
+    startWorker(await loadModuleProcessor(path));
+    await submit('good');
+    await submit('bad-1');
+    expect(await terminal('good')).toMatchObject({ status: 'completed' });
+    expect(await terminal('bad-1')).toMatchObject({ status: 'failed', error: { errorCode: 'moduleSaidNo', message: 'bad item', details: [] } });
+  });
+
+  it('loads a TypeScript module processor', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cops-module-'));
+    closers.push(async () => rmSync(dir, { recursive: true, force: true }));
+    const path = join(dir, 'processor.ts');
+    writeFileSync(path, `export default async function (input: { attempt: number }): Promise<void> { if (input.attempt < 2) throw new Error('first try fails'); }`);
+    startWorker(await loadModuleProcessor(path));
+    await submit('typed');
+    expect(await terminal('typed')).toMatchObject({ status: 'completed' });
+  });
+
+  it('refuses a module without a default export function', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cops-module-'));
+    closers.push(async () => rmSync(dir, { recursive: true, force: true }));
+    const path = join(dir, 'empty.mjs');
+    writeFileSync(path, 'export const notIt = 1;');
+    await expect(loadModuleProcessor(path)).rejects.toThrow(/default export must be the processor function/);
+  });
+});
