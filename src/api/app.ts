@@ -16,6 +16,8 @@ export interface AppDeps {
   log: Logger;
   /** Whether the process can serve requests now (Redis answers). */
   ready: () => Promise<boolean>;
+  /** Runs after authentication on every operation route (the per-tenant rate limit). */
+  rateLimit?: MiddlewareHandler<AppEnv>;
 }
 
 export interface AppEnv {
@@ -49,6 +51,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     for (const family of PATH_FAMILIES) {
       const base = `${version}${family}`;
       app.use(`${base}/*`, authenticate(deps.auth));
+      if (deps.rateLimit) app.use(`${base}/*`, deps.rateLimit);
       app.route(base, operations);
       // A known path with another method is 405, as Graph answers, not an unknown route.
       app.all(`${base}/:connectionId/operations`, methodNotAllowed('GET, POST'));

@@ -8,6 +8,7 @@ import { createRedis, waitUntilReady } from '../shared/redis.js';
 import { OperationStore } from '../shared/store.js';
 import { createApp } from './app.js';
 import { jwtAuthenticator } from './jwt-auth.js';
+import { rateLimitPerTenant } from './rate-limit.js';
 
 /** Builds the API's connections and serves it; resolves once it listens. */
 export async function startApi(config: Config, log: Logger): Promise<Service & { port: number }> {
@@ -39,7 +40,10 @@ export async function startApi(config: Config, log: Logger): Promise<Service & {
       return false;
     }
   };
-  const app = createApp({ store, queue, auth, config, log, ready });
+  const rateLimit = config.RATE_LIMIT_PER_TENANT
+    ? rateLimitPerTenant(redis, store.keys, config.RATE_LIMIT_PER_TENANT)
+    : undefined;
+  const app = createApp({ store, queue, auth, config, log, ready, ...(rateLimit ? { rateLimit } : {}) });
 
   const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
     const listening = serve({ fetch: app.fetch, port: config.PORT, hostname: config.HOST }, () => resolve(listening));

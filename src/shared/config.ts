@@ -46,6 +46,9 @@ export const configSchema = z.object({
   AUTH_AUDIENCE: optionalString,
   AUTH_ISSUER: optionalString,
 
+  /** Requests per second each tenant may make, shared by all API instances; unset = no limit. */
+  RATE_LIMIT_PER_TENANT: positiveInt.optional(),
+
   /** Processing: an HTTP endpoint (with an optional HMAC secret) or a JS/TS module. */
   PROCESSOR_URL: optionalString.pipe(z.url().optional()),
   PROCESSOR_SECRET: optionalString,

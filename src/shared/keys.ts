@@ -12,6 +12,7 @@ import type { OperationRef } from './operation.js';
  *   {prefix}:v1:connections                           zset   "tenant|connection" pairs that had
  *                                                             creates, scored by last create ms
  *   {prefix}:v1:reconciler-lock                       string one reconciler sweep at a time
+ *   {prefix}:v1:rate:{tenant}:{second}                counter requests of a tenant in one second
  *   {prefix}:{operations}:…                           BullMQ's own keys (its `prefix` option)
  *
  * The `{tenant|connection}` hash tag keeps one connection's keys in one Redis Cluster slot, so
@@ -41,6 +42,7 @@ export function createKeys(prefix: string) {
     statusIndex: (ref: ConnectionRef, status: string) => `${connectionKey(ref)}:status:${status}`,
     connections: () => `${prefix}:v1:connections`,
     reconcilerLock: () => `${prefix}:v1:reconciler-lock`,
+    rateLimit: (tenantId: string, second: number) => `${prefix}:v1:rate:{${tenantId}}:${second}`,
     /** BullMQ's `prefix` option; BullMQ appends `:{queue name}:…`. */
     bullPrefix: () => prefix,
   };

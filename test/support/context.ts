@@ -4,6 +4,7 @@ import { pino } from 'pino';
 import { inject } from 'vitest';
 import { createApp } from '../../src/api/app.js';
 import { jwtAuthenticator } from '../../src/api/jwt-auth.js';
+import { rateLimitPerTenant } from '../../src/api/rate-limit.js';
 import { loadConfig, type Config } from '../../src/shared/config.js';
 import { OperationQueue } from '../../src/shared/queue.js';
 import { createRedis, waitUntilReady, type RedisClient } from '../../src/shared/redis.js';
@@ -51,6 +52,11 @@ export async function deleteKeys(redis: RedisClient, prefix: string): Promise<vo
 /** An app wired like the API process, on the suite's Redis, with its own prefix. */
 export async function createApiContext(overrides: Record<string, string> = {}) {
   const config = testConfig(overrides);
+  return createApiContextFor(config);
+}
+
+/** Like createApiContext, for a config already made (two "API instances" sharing one prefix). */
+export async function createApiContextFor(config: Config) {
   const redis = createRedis({ url: config.REDIS_URL, role: 'producer', commandTimeoutMs: 2000 });
   await waitUntilReady(redis);
   const store = new OperationStore(redis, { prefix: config.REDIS_PREFIX, retentionMs: config.OPERATION_RETENTION_SECONDS * 1000 });
@@ -62,6 +68,7 @@ export async function createApiContext(overrides: Record<string, string> = {}) {
     config,
     log: silentLog,
     ready: async () => (await redis.ping()) === 'PONG',
+    ...(config.RATE_LIMIT_PER_TENANT ? { rateLimit: rateLimitPerTenant(redis, store.keys, config.RATE_LIMIT_PER_TENANT) } : {}),
   });
   const token = await signToken();
   return {
@@ -72,10 +79,10 @@ export async function createApiContext(overrides: Record<string, string> = {}) {
     app,
     token,
     /** app.request with a valid token unless the init sets its own authorization. */
-    request(path: string, init: RequestInit = {}) {
+    request(path: string, init: RequestInit = {}): Promise<Response> {
       const headers = new Headers(init.headers);
       if (!headers.has('authorization')) headers.set('authorization', `Bearer ${token}`);
-      return app.request(path, { ...init, headers });
+      return Promise.resolve(app.request(path, { ...init, headers }));
     },
     post(path: string, body: unknown, headers: Record<string, string> = {}) {
       return this.request(path, {
@@ -91,4 +98,4 @@ export async function createApiContext(overrides: Record<string, string> = {}) {
     },
   };
 }
-export type ApiContext = Awaited<ReturnType<typeof createApiContext>>;
+export type ApiContext = Awaited<ReturnType<typeof createApiContextFor>>;
