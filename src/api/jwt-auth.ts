@@ -1,4 +1,5 @@
 import {
+  createLocalJWKSet,
   createRemoteJWKSet,
   decodeProtectedHeader,
   errors as joseErrors,
@@ -18,6 +19,8 @@ const WRITE_PERMISSIONS = ['ExternalConnection.ReadWrite.OwnedBy', 'ExternalConn
 const READ_PERMISSIONS = [...WRITE_PERMISSIONS, 'ExternalConnection.Read.All'];
 /** Leeway for clocks that disagree a little, on `exp` and `nbf`. */
 const CLOCK_TOLERANCE_SECONDS = 30;
+/** How long one JWKS fetch may take before the request answers 503. */
+const JWKS_TIMEOUT_MS = 2000;
 const REALM = 'connection-operations';
 
 type AuthConfig = Pick<Config, 'AUTH_JWT_SECRET' | 'AUTH_JWKS_URL' | 'AUTH_AUDIENCE' | 'AUTH_ISSUER'>;
@@ -36,9 +39,11 @@ export function jwtAuthenticator(config: AuthConfig): Authenticator {
     throw new AuthConfigError('No token verification configured: set AUTH_JWT_SECRET and/or AUTH_JWKS_URL.');
   }
   const secret = config.AUTH_JWT_SECRET ? new TextEncoder().encode(config.AUTH_JWT_SECRET) : undefined;
-  const jwks = config.AUTH_JWKS_URL ? createRemoteJWKSet(new URL(config.AUTH_JWKS_URL), { timeoutDuration: 2000 }) : undefined;
+  const jwks = config.AUTH_JWKS_URL ? remoteKeySet(new URL(config.AUTH_JWKS_URL)) : undefined;
   const claims = {
     clockTolerance: CLOCK_TOLERANCE_SECONDS,
+    // Entra ID rejects access tokens without an expiry; a token without one would never expire.
+    requiredClaims: ['exp'],
     ...(config.AUTH_AUDIENCE ? { audience: config.AUTH_AUDIENCE } : {}),
     ...(config.AUTH_ISSUER ? { issuer: config.AUTH_ISSUER } : {}),
   };
@@ -52,7 +57,7 @@ export function jwtAuthenticator(config: AuthConfig): Authenticator {
       return (await jwtVerify(token, secret, { ...claims, algorithms: ['HS256'] })).payload;
     }
     if ((alg === 'RS256' || alg === 'ES256') && jwks) {
-      return (await jwtVerify(token, jwks as JWTVerifyGetKey, { ...claims, algorithms: ['RS256', 'ES256'] })).payload;
+      return (await jwtVerify(token, jwks, { ...claims, algorithms: ['RS256', 'ES256'] })).payload;
     }
     throw new joseErrors.JOSEAlgNotAllowed(`tokens signed with ${String(alg)} are not accepted`);
   }
@@ -72,6 +77,48 @@ export function jwtAuthenticator(config: AuthConfig): Authenticator {
       return principalOf(payload);
     },
   };
+}
+
+/**
+ * The keys of AUTH_JWKS_URL: jose fetches them, caches them (10 min), and refetches on an
+ * unknown `kid` (at most every 30 s). When a fetch fails (endpoint down, slow, not 200, not a
+ * key set), the keys last fetched still verify the tokens they match, so an identity provider's
+ * outage does not refuse tokens whose key is known; a token whose key is not known then throws
+ * KeySetUnavailable (a 503: the caller can retry, the token may well be valid).
+ */
+function remoteKeySet(url: URL): JWTVerifyGetKey {
+  const remote = createRemoteJWKSet(url, { timeoutDuration: JWKS_TIMEOUT_MS });
+  return async (header, token) => {
+    try {
+      return await remote(header, token);
+    } catch (error) {
+      if (!isKeySetFetchFailure(error)) throw error;
+      const lastKnown = remote.jwks();
+      if (lastKnown) {
+        try {
+          return await createLocalJWKSet(lastKnown)(header, token);
+        } catch {
+          // Not among the last known keys: it may be in the set we cannot fetch.
+        }
+      }
+      throw new KeySetUnavailable('The JWKS cannot be fetched', { cause: error });
+    }
+  };
+}
+
+class KeySetUnavailable extends Error {
+  override name = 'KeySetUnavailable';
+}
+
+/**
+ * What jose throws when the key set cannot be obtained, as opposed to a token that matches no
+ * key: a timeout, an invalid set, its generic JOSEError for a non-200 answer or a body that is
+ * not JSON, and fetch's own errors (connection refused or reset) that jose lets through.
+ */
+function isKeySetFetchFailure(error: unknown): boolean {
+  if (error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JWKSInvalid) return true;
+  if (error instanceof joseErrors.JOSEError) return error.code === joseErrors.JOSEError.code;
+  return error instanceof Error;
 }
 
 function principalOf(payload: JWTPayload): Principal {
@@ -101,21 +148,25 @@ function unauthorized(error: 'invalid_request' | 'invalid_token' | undefined, de
 function tokenError(error: unknown): GraphError {
   if (error instanceof joseErrors.JWTExpired) return unauthorized('invalid_token', 'The token has expired.');
   if (error instanceof joseErrors.JWTClaimValidationFailed) {
-    const reason = error.claim === 'nbf' ? 'The token is not yet valid.' : `The token's ${error.claim} claim is not accepted.`;
+    const reason =
+      error.reason === 'missing'
+        ? `The token has no ${error.claim} claim.`
+        : error.claim === 'nbf'
+          ? 'The token is not yet valid.'
+          : `The token's ${error.claim} claim is not accepted.`;
     return unauthorized('invalid_token', reason);
   }
   if (error instanceof joseErrors.JWKSNoMatchingKey) return unauthorized('invalid_token', 'No signing key matches the token.');
+  if (error instanceof joseErrors.JWKSMultipleMatchingKeys) {
+    return unauthorized('invalid_token', 'The token has no kid and several signing keys could match it.');
+  }
   if (error instanceof joseErrors.JWSSignatureVerificationFailed) return unauthorized('invalid_token', 'The token signature is invalid.');
   if (error instanceof joseErrors.JOSEAlgNotAllowed) return unauthorized('invalid_token', 'The token signing algorithm is not accepted.');
-  if (error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JWKSInvalid || isFetchFailure(error)) {
-    return new GraphError(503, 'serviceNotAvailable', 'The token signing keys cannot be fetched right now; retry shortly.', {
+  if (error instanceof KeySetUnavailable) {
+    const unavailable = new GraphError(503, 'serviceNotAvailable', 'The token signing keys cannot be fetched right now; retry shortly.', {
       'Retry-After': String(UNAVAILABLE_RETRY_AFTER_SECONDS),
     });
+    return Object.assign(unavailable, { cause: error.cause });
   }
   return unauthorized('invalid_token', 'The token is malformed.');
-}
-
-/** jose lets fetch's own error through when the JWKS endpoint cannot be reached. */
-function isFetchFailure(error: unknown): boolean {
-  return error instanceof TypeError && /fetch failed/i.test(error.message);
 }

@@ -62,6 +62,12 @@ export const configSchema = z.object({
   /** How long a terminal operation stays readable. */
   OPERATION_RETENTION_SECONDS: positiveInt.default(7 * DAY_SECONDS),
 
+  /** Queues the operations are spread over (each its own Redis Cluster slot, so load spreads
+   *  over the cluster's masters); workers consume every shard. Keep it the same everywhere. */
+  QUEUE_SHARDS: positiveInt.max(64).default(1),
+  /** Worker processes serve /healthz (is it still consuming?) and /readyz on this port when set. */
+  WORKER_HEALTH_PORT: z.coerce.number().int().min(0).max(65535).optional(),
+
   /** Jobs in flight per worker process. */
   WORKER_CONCURRENCY: positiveInt.max(1000).default(50),
   /** BullMQ job lock duration and stalled-job check interval: a job whose worker died is
@@ -78,6 +84,17 @@ export const configSchema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** `pretty` is for development only (needs the pino-pretty dev dependency). */
   LOG_FORMAT: z.enum(['json', 'pretty']).default('json'),
+
+  /** When set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`. */
+  METRICS_TOKEN: optionalString,
+  /** Bull Board at /admin/queues: served only when both are set, behind basic auth; read-only
+   *  unless ADMIN_READ_ONLY=false. */
+  ADMIN_USER: optionalString,
+  ADMIN_PASSWORD: optionalString,
+  ADMIN_READ_ONLY: z
+    .enum(['true', 'false', '1', '0', ''])
+    .default('true')
+    .transform((value) => value !== 'false' && value !== '0'),
 
   /** How absolute URLs (Location, @odata.nextLink) are built. */
   PUBLIC_BASE_URL: optionalString.pipe(z.url().optional()),
