@@ -1,6 +1,10 @@
 import { startApi } from './api/server.js';
 import { runProcess } from './shared/lifecycle.js';
+import { Metrics } from './shared/metrics.js';
 import { startWorker } from './worker/service.js';
 
-/** `npm start`: the API and a worker in one process. */
-await runProcess('operations', async (config, log) => [await startWorker(config, log), await startApi(config, log)]);
+/** `npm start`: the API and a worker in one process, sharing one metrics registry. */
+await runProcess('operations', async (config, log) => {
+  const metrics = new Metrics();
+  return [await startWorker(config, log), await startApi(config, log, metrics)];
+});

@@ -29,7 +29,7 @@ describe('POST operations', () => {
     expect(response.headers.get('retry-after')).toBe('1');
     const body = (await response.json()) as Record<string, unknown>;
     expect(body).toMatchObject({ id: 'op-1', status: 'inprogress', error: null });
-    expect(await ctx.queue.bull.getJobState(`${'11111111-1111-4111-8111-111111111111'}~contosohr~op-1`)).toBe('waiting');
+    expect(await ctx.queue.jobState({ tenantId: '11111111-1111-4111-8111-111111111111', connectionId: 'contosohr', operationId: 'op-1' })).toBe('waiting');
   });
 
   it('generates a UUID when the body has no id', async () => {

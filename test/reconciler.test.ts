@@ -56,7 +56,7 @@ describe('Reconciler.sweep', () => {
 
     clock += 2000;
     expect(await reconciler().sweep()).toEqual({ checked: 1, enqueued: 1, failed: 0 });
-    expect(await queue.bull.getJobState(jobIdOf(ref('orphan')))).toBe('waiting');
+    expect(await queue.jobState(ref('orphan'))).toBe('waiting');
   });
 
   it('leaves operations whose job is waiting alone', async () => {
@@ -80,7 +80,7 @@ describe('Reconciler.sweep', () => {
     await failJob('lost-write', 'Connection is closed.');
     clock += 2000;
     expect(await reconciler().sweep()).toEqual({ checked: 1, enqueued: 1, failed: 0 });
-    expect(await queue.bull.getJobState(jobIdOf(ref('lost-write')))).toBe('waiting');
+    expect(await queue.jobState(ref('lost-write'))).toBe('waiting');
   });
 
   it('runs one sweep at a time across processes', async () => {

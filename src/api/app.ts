@@ -1,23 +1,30 @@
-import { randomUUID } from 'node:crypto';
+import { randomUUID, timingSafeEqual } from 'node:crypto';
 import { Hono, type MiddlewareHandler } from 'hono';
 import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
+import type { Metrics } from '../shared/metrics.js';
 import type { OperationRef } from '../shared/operation.js';
 import type { OperationStore } from '../shared/store.js';
 import type { Authenticator, Principal } from './auth.js';
 import { GraphError, graphErrorResponse, serviceUnavailable } from './errors.js';
+import { ADMIN_BASE_PATH } from './admin.js';
+import { openApiRoutes } from './openapi.js';
 import { operationRoutes } from './operations.js';
 
 export interface AppDeps {
   store: OperationStore;
   queue: { enqueue(ref: OperationRef): Promise<void> };
   auth: Authenticator;
-  config: Pick<Config, 'PUBLIC_BASE_URL' | 'TRUST_PROXY'>;
+  config: Pick<Config, 'PUBLIC_BASE_URL' | 'TRUST_PROXY' | 'METRICS_TOKEN'>;
   log: Logger;
   /** Whether the process can serve requests now (Redis answers). */
   ready: () => Promise<boolean>;
   /** Runs after authentication on every operation route (the per-tenant rate limit). */
   rateLimit?: MiddlewareHandler<AppEnv>;
+  /** Served at /metrics when given. */
+  metrics?: Metrics;
+  /** The Bull Board routes (with their own basic auth), served at /admin/queues when given. */
+  admin?: Hono;
 }
 
 export interface AppEnv {
@@ -38,9 +45,12 @@ const CLIENT_REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 export function createApp(deps: AppDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
 
-  app.use(requestIds(deps.log));
+  app.use(requestIds(deps.log, deps.metrics));
 
   app.get('/healthz', (c) => c.json({ status: 'ok' }));
+  if (deps.metrics) app.get('/metrics', metricsEndpoint(deps.metrics, deps.config.METRICS_TOKEN));
+  app.route('/', openApiRoutes(VERSION_PREFIXES.flatMap((version) => PATH_FAMILIES.map((family) => `${version}${family}`))));
+  if (deps.admin) app.route(ADMIN_BASE_PATH, deps.admin);
   app.get('/readyz', async (c) => {
     if (await deps.ready()) return c.json({ status: 'ready' });
     throw serviceUnavailable('Redis is not answering.');
@@ -71,8 +81,9 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   return app;
 }
 
-/** Gives every response a `request-id`, echoes `client-request-id`, and logs one line per request. */
-function requestIds(log: Logger): MiddlewareHandler<AppEnv> {
+/** Gives every response a `request-id`, echoes `client-request-id`, logs one line per request
+ *  and records its duration by route template. */
+function requestIds(log: Logger, metrics: Metrics | undefined): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const started = performance.now();
     const requestId = randomUUID();
@@ -84,16 +95,10 @@ function requestIds(log: Logger): MiddlewareHandler<AppEnv> {
       c.header('client-request-id', clientRequestId);
     }
     await next();
-    log.info(
-      {
-        requestId,
-        method: c.req.method,
-        route: c.req.routePath,
-        status: c.res.status,
-        durationMs: Math.round((performance.now() - started) * 100) / 100,
-      },
-      'request',
-    );
+    const seconds = (performance.now() - started) / 1000;
+    const route = c.req.routePath;
+    log.info({ requestId, method: c.req.method, route, status: c.res.status, durationMs: Math.round(seconds * 100_000) / 100 }, 'request');
+    metrics?.httpDuration.observe({ method: c.req.method, route, status: c.res.status }, seconds);
   };
 }
 
@@ -105,6 +110,21 @@ function authenticate(auth: Authenticator): MiddlewareHandler<AppEnv> {
     }
     c.set('principal', principal);
     await next();
+  };
+}
+
+function metricsEndpoint(metrics: Metrics, token: string | undefined): MiddlewareHandler<AppEnv> {
+  const expected = token ? Buffer.from(`Bearer ${token}`) : undefined;
+  return async (c) => {
+    if (expected) {
+      const given = Buffer.from(c.req.header('authorization') ?? '');
+      if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
+        throw new GraphError(401, 'InvalidAuthenticationToken', 'GET /metrics needs Authorization: Bearer <METRICS_TOKEN>.', {
+          'WWW-Authenticate': 'Bearer realm="metrics"',
+        });
+      }
+    }
+    return c.body(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType });
   };
 }
 

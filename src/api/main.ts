@@ -1,4 +1,5 @@
 import { runProcess } from '../shared/lifecycle.js';
+import { Metrics } from '../shared/metrics.js';
 import { startApi } from './server.js';
 
-await runProcess('api', async (config, log) => [await startApi(config, log)]);
+await runProcess('api', async (config, log) => [await startApi(config, log, new Metrics())]);

@@ -14,6 +14,7 @@ import {
 import type { ListCursor } from '../shared/store.js';
 import type { AppEnv, AppDeps } from './app.js';
 import { GraphError, badRequest, notFound, serviceUnavailable } from './errors.js';
+import type { OperationResource } from './schemas.js';
 import { publicBaseUrl } from './urls.js';
 
 /** Bodies above this are refused with 413, from Content-Length or while streaming. */
@@ -24,7 +25,7 @@ const DEFAULT_TOP = 100;
 const MAX_TOP = 999;
 
 /** The connectionOperation routes, for one path family (`/external/connections` or `/connections`). */
-export function operationRoutes({ store, queue, config, log }: AppDeps): Hono<AppEnv> {
+export function operationRoutes({ store, queue, config, log, metrics }: AppDeps): Hono<AppEnv> {
   const routes = new Hono<AppEnv>();
   const limitBody = bodyLimit({
     maxSize: MAX_BODY_BYTES,
@@ -54,6 +55,7 @@ export function operationRoutes({ store, queue, config, log }: AppDeps): Hono<Ap
       // the 201 below is a promise that still holds.
       log.warn({ err: error, operationId: ref.operationId }, 'enqueue failed; the reconciler will enqueue it');
     }
+    metrics?.operationsCreated.inc();
     const location = `${publicBaseUrl(c, config)}${c.req.path.replace(/\/(\$|%24)ref$/, '')}/${ref.operationId}`;
     c.header('Location', location);
     c.header('Retry-After', String(INPROGRESS_RETRY_AFTER_SECONDS));
@@ -99,7 +101,7 @@ export function operationRoutes({ store, queue, config, log }: AppDeps): Hono<Ap
 }
 
 /** The resource as clients see it: Graph's three properties plus two timestamps. */
-function present(operation: Operation) {
+function present(operation: Operation): OperationResource {
   return {
     '@odata.type': '#microsoft.graph.connectionOperation',
     id: operation.id,

@@ -6,12 +6,14 @@ import type { Logger } from '../shared/logger.js';
 import { OperationQueue } from '../shared/queue.js';
 import { createRedis, waitUntilReady } from '../shared/redis.js';
 import { OperationStore } from '../shared/store.js';
+import type { Metrics } from '../shared/metrics.js';
+import { adminRoutes } from './admin.js';
 import { createApp } from './app.js';
 import { jwtAuthenticator } from './jwt-auth.js';
 import { rateLimitPerTenant } from './rate-limit.js';
 
 /** Builds the API's connections and serves it; resolves once it listens. */
-export async function startApi(config: Config, log: Logger): Promise<Service & { port: number }> {
+export async function startApi(config: Config, log: Logger, metrics: Metrics): Promise<Service & { port: number }> {
   const auth = jwtAuthenticator(config);
   const redis = createRedis({
     url: config.REDIS_URL,
@@ -28,7 +30,9 @@ export async function startApi(config: Config, log: Logger): Promise<Service & {
     config.REDIS_PREFIX,
     { attempts: config.OPERATION_ATTEMPTS, backoffMs: config.OPERATION_BACKOFF_MS },
     log,
+    config.QUEUE_SHARDS,
   );
+  metrics.watchQueues(queue);
   const store = new OperationStore(redis, {
     prefix: config.REDIS_PREFIX,
     retentionMs: config.OPERATION_RETENTION_SECONDS * 1000,
@@ -43,7 +47,21 @@ export async function startApi(config: Config, log: Logger): Promise<Service & {
   const rateLimit = config.RATE_LIMIT_PER_TENANT
     ? rateLimitPerTenant(redis, store.keys, config.RATE_LIMIT_PER_TENANT)
     : undefined;
-  const app = createApp({ store, queue, auth, config, log, ready, ...(rateLimit ? { rateLimit } : {}) });
+  const admin =
+    config.ADMIN_USER && config.ADMIN_PASSWORD
+      ? adminRoutes({ queues: queue.queues, user: config.ADMIN_USER, password: config.ADMIN_PASSWORD, readOnly: config.ADMIN_READ_ONLY })
+      : undefined;
+  const app = createApp({
+    store,
+    queue,
+    auth,
+    config,
+    log,
+    ready,
+    metrics,
+    ...(rateLimit ? { rateLimit } : {}),
+    ...(admin ? { admin } : {}),
+  });
 
   const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
     const listening = serve({ fetch: app.fetch, port: config.PORT, hostname: config.HOST }, () => resolve(listening));

@@ -101,6 +101,10 @@ export const createOperationBodySchema = z.strictObject({
     })
     .optional(),
   error: z.null({ error: 'must be null when creating: errors are recorded by the service' }).optional(),
+}).meta({
+  id: 'connectionOperationCreate',
+  description: 'Every property is optional; the service generates a UUID when id is absent.',
+  example: { '@odata.type': '#microsoft.graph.connectionOperation', id: 'import-2026-11-29', status: 'inprogress', error: null },
 });
 export type CreateOperationBody = z.infer<typeof createOperationBodySchema>;
 

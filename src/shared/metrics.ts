@@ -1,0 +1,81 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { OperationQueue } from './queue.js';
+
+/**
+ * The service's Prometheus metrics. One Metrics per process, made by the composition root and
+ * passed to the API and the worker (no global registry). Labels never carry tenant ids,
+ * operation ids or tokens: only route templates, statuses and error codes.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly httpDuration = new Histogram({
+    name: 'http_request_duration_seconds',
+    help: 'HTTP request duration by method, route template and status',
+    labelNames: ['method', 'route', 'status'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [this.registry],
+  });
+
+  readonly operationsCreated = new Counter({
+    name: 'operations_created_total',
+    help: 'Operations accepted with 201',
+    registers: [this.registry],
+  });
+
+  readonly operationsFinished = new Counter({
+    name: 'operations_finished_total',
+    help: 'Operations that reached a terminal status, by status and errorCode',
+    labelNames: ['status', 'error_code'] as const,
+    registers: [this.registry],
+  });
+
+  readonly processingDuration = new Histogram({
+    name: 'operation_processing_duration_seconds',
+    help: 'Time one attempt spent in the processor and recording its outcome',
+    labelNames: ['outcome'] as const,
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30],
+    registers: [this.registry],
+  });
+
+  readonly queueWait = new Histogram({
+    name: 'operation_queue_wait_seconds',
+    help: 'Time from enqueue (or retry) to a worker taking the job',
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120],
+    registers: [this.registry],
+  });
+
+  /** Processor error codes are free text: a bounded set keeps the label's cardinality bounded. */
+  private readonly errorCodes = new Set<string>();
+
+  constructor({ processMetrics = true }: { processMetrics?: boolean } = {}) {
+    if (processMetrics) collectDefaultMetrics({ register: this.registry });
+  }
+
+  finished(status: string, errorCode: string | undefined): void {
+    let code = errorCode ?? '';
+    if (code && !this.errorCodes.has(code)) {
+      if (this.errorCodes.size >= 50) code = 'other';
+      else this.errorCodes.add(code);
+    }
+    this.operationsFinished.inc({ status, error_code: code });
+  }
+
+  /** Queue depth gauges, read from Redis at scrape time (a failed read leaves them unset). */
+  watchQueues(queue: Pick<OperationQueue, 'counts'>): void {
+    const gauge = new Gauge({
+      name: 'operation_queue_jobs',
+      help: 'Jobs in the operation queue by state, read at scrape time',
+      labelNames: ['state'] as const,
+      registers: [this.registry],
+      async collect() {
+        try {
+          const counts = await queue.counts('waiting', 'active', 'delayed', 'failed');
+          for (const [state, count] of Object.entries(counts)) gauge.set({ state }, count);
+        } catch {
+          gauge.reset();
+        }
+      },
+    });
+  }
+}
