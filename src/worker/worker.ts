@@ -1,4 +1,4 @@
-import { Worker, type Job } from 'bullmq';
+import { WaitingError, Worker, type Job } from 'bullmq';
 import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 import type { ErrorDetail, TerminalStatus } from '../shared/operation.js';
@@ -19,8 +19,8 @@ export interface WorkerDeps {
   log: Logger;
 }
 
-/** What one job run decided. */
-type Outcome = { status: TerminalStatus; error?: ErrorDetail } | { retry: unknown };
+/** What one job run decided. `interrupted`: this process's shutdown aborted the processor. */
+type Outcome = { status: TerminalStatus; error?: ErrorDetail } | { retry: unknown } | { interrupted: unknown };
 
 /**
  * A BullMQ worker that runs the processor on each operation and records its terminal status.
@@ -30,7 +30,7 @@ type Outcome = { status: TerminalStatus; error?: ErrorDetail } | { retry: unknow
 export interface OperationWorker {
   bull: Worker<OperationJobData>;
   /** Stops taking jobs and waits for those in flight; after `timeoutMs` it aborts them (their
-   *  jobs stall and run again elsewhere) and closes anyway. */
+   *  jobs go back to the queue, attempts untouched, and run again elsewhere) and closes. */
   close(timeoutMs: number): Promise<void>;
 }
 
@@ -51,6 +51,11 @@ export function createWorker({ connection, store, processor, config, log }: Work
       });
       return { status: 'completed' };
     } catch (error) {
+      // Aborted by this worker's own shutdown (SHUTDOWN_TIMEOUT_MS passed): the processor did not
+      // fail, we stopped waiting for it. Treating this as a processing failure recorded the
+      // operation `failed` ("processorUnreachable") when it was on its last attempt, and spent an
+      // attempt otherwise (found by test/e2e.processes.test.ts). The job is requeued instead.
+      if (shutdown.signal.aborted) return { interrupted: error };
       const permanent = permanentFailureOf(error);
       if (permanent) return { status: 'failed', error: permanent };
       if (attempt >= config.OPERATION_ATTEMPTS) return { status: 'failed', error: exhaustedFailure(error, attempt) };
@@ -60,7 +65,7 @@ export function createWorker({ connection, store, processor, config, log }: Work
 
   const worker = new Worker<OperationJobData>(
     QUEUE_NAME,
-    async (job) => {
+    async (job, token) => {
       const started = performance.now();
       const attempt = job.attemptsMade + 1;
       const outcome = await runProcessor(job, attempt);
@@ -73,6 +78,14 @@ export function createWorker({ connection, store, processor, config, log }: Work
       if (!outcome) {
         log.debug(fields, 'operation already terminal; skipped');
         return;
+      }
+      if ('interrupted' in outcome) {
+        // Back to the front of the wait list without counting an attempt; the WaitingError tells
+        // BullMQ the job was moved, not failed. (The connection is still open: worker.close()
+        // waits for running jobs before it closes anything.)
+        log.warn({ ...fields, err: outcome.interrupted }, 'operation interrupted by shutdown; returned to the queue');
+        await job.moveToWait(token);
+        throw new WaitingError();
       }
       if ('retry' in outcome) {
         log.info({ ...fields, status: 'retrying', err: outcome.retry }, 'operation attempt failed; will retry');
