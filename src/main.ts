@@ -6,5 +6,5 @@ import { startWorker } from './worker/service.js';
 /** `npm start`: the API and a worker in one process, sharing one metrics registry. */
 await runProcess('operations', async (config, log) => {
   const metrics = new Metrics();
-  return [await startWorker(config, log), await startApi(config, log, metrics)];
+  return [await startWorker(config, log, metrics), await startApi(config, log, metrics)];
 });

@@ -4,7 +4,7 @@ import type { Config } from '../shared/config.js';
 import type { Service } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { OperationQueue } from '../shared/queue.js';
-import { createRedis, waitUntilReady } from '../shared/redis.js';
+import { createRedis, waitUntilReady, warnUnlessNoEviction } from '../shared/redis.js';
 import { OperationStore } from '../shared/store.js';
 import type { Metrics } from '../shared/metrics.js';
 import { adminRoutes } from './admin.js';
@@ -24,6 +24,7 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics): P
   redis.on('error', (error: Error) => log.warn({ err: error.message }, 'redis connection error'));
   log.info('waiting for Redis');
   await waitUntilReady(redis);
+  await warnUnlessNoEviction(redis, log);
   // Built only once Redis is ready: BullMQ caches a failed start-up check forever.
   const queue = new OperationQueue(
     redis,

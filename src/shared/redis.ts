@@ -57,3 +57,19 @@ export async function waitUntilReady(client: RedisClient): Promise<void> {
   if (client.status === 'ready') return;
   await new Promise<void>((resolve) => client.once('ready', () => resolve()));
 }
+
+/**
+ * BullMQ and the store need Redis to never evict keys: an evicted job or record is a lost
+ * operation. Warns (managed Redis may forbid CONFIG; then it says it could not check).
+ */
+export async function warnUnlessNoEviction(client: RedisClient, log: { warn(obj: object, msg: string): void }): Promise<void> {
+  try {
+    const reply = (await client.call('CONFIG', 'GET', 'maxmemory-policy')) as string[];
+    const policy = reply[1];
+    if (policy !== 'noeviction') {
+      log.warn({ policy }, `Redis maxmemory-policy is ${policy}; set it to noeviction, or Redis may evict operations and jobs`);
+    }
+  } catch (error) {
+    log.warn({ err: error }, 'could not read Redis maxmemory-policy; make sure it is noeviction');
+  }
+}

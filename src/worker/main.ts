@@ -1,4 +1,5 @@
 import { runProcess } from '../shared/lifecycle.js';
+import { Metrics } from '../shared/metrics.js';
 import { startWorker } from './service.js';
 
-await runProcess('worker', async (config, log) => [await startWorker(config, log)]);
+await runProcess('worker', async (config, log) => [await startWorker(config, log, new Metrics())]);

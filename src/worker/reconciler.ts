@@ -65,7 +65,9 @@ export class Reconciler {
   async sweep(): Promise<SweepResult> {
     const { store, log, intervalMs, afterMs } = this.options;
     const result: SweepResult = { checked: 0, enqueued: 0, failed: 0 };
-    if (!(await store.acquireReconcilerLock(intervalMs))) return result;
+    // The lock lapses a little before the next tick, so a tick on time is never locked out by
+    // the previous one's lock.
+    if (!(await store.acquireReconcilerLock(Math.max(1, Math.floor(intervalMs * 0.9))))) return result;
 
     const before = this.now() - afterMs;
     for (const connection of await store.connections()) {
@@ -85,11 +87,12 @@ export class Reconciler {
   private async repair(ref: OperationRef): Promise<'ok' | 'enqueued' | 'failed'> {
     const { store, queue } = this.options;
     const jobId = jobIdOf(ref);
-    const state = await queue.bull.getJobState(jobId);
+    const bull = queue.queueFor(ref);
+    const state = await bull.getJobState(jobId);
     if (state !== 'unknown' && state !== 'failed' && state !== 'completed') return 'ok';
 
     if (state !== 'unknown') {
-      const job = await queue.bull.getJob(jobId);
+      const job = await bull.getJob(jobId);
       if (state === 'failed' && job && STALLED_TOO_OFTEN.test(job.failedReason)) {
         const finished = await store.finish(ref, 'failed', {
           errorCode: 'processingInterrupted',

@@ -2,8 +2,10 @@ import type { Config } from '../shared/config.js';
 import type { Service } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { OperationQueue } from '../shared/queue.js';
-import { createRedis, waitUntilReady } from '../shared/redis.js';
+import type { Metrics } from '../shared/metrics.js';
+import { createRedis, waitUntilReady, warnUnlessNoEviction } from '../shared/redis.js';
 import { OperationStore } from '../shared/store.js';
+import { ConsumptionMonitor, startHealthServer } from './health.js';
 import type { Processor } from './processor.js';
 import { completeEverything } from './processors/builtin.js';
 import { httpProcessor } from './processors/http.js';
@@ -28,12 +30,14 @@ export async function configuredProcessor(config: Config, log: Logger): Promise<
   return completeEverything;
 }
 
-/** Builds a worker process's connections, the BullMQ worker and the reconciler. */
-export async function startWorker(config: Config, log: Logger): Promise<Service> {
+/** Builds a worker process's connections, the BullMQ workers, the reconciler and, when
+ *  WORKER_HEALTH_PORT is set, its health server. */
+export async function startWorker(config: Config, log: Logger, metrics: Metrics): Promise<Service> {
   const processor = await configuredProcessor(config, log);
   const redis = createRedis({ url: config.REDIS_URL, role: 'consumer', connectionName: 'cops-worker' });
   redis.on('error', (error: Error) => log.warn({ err: error.message }, 'redis connection error'));
   await waitUntilReady(redis);
+  await warnUnlessNoEviction(redis, log);
 
   const store = new OperationStore(redis, {
     prefix: config.REDIS_PREFIX,
@@ -44,8 +48,9 @@ export async function startWorker(config: Config, log: Logger): Promise<Service>
     config.REDIS_PREFIX,
     { attempts: config.OPERATION_ATTEMPTS, backoffMs: config.OPERATION_BACKOFF_MS },
     log,
+    config.QUEUE_SHARDS,
   );
-  const worker = createWorker({ connection: redis, store, processor, config, log });
+  const worker = createWorker({ connection: redis, store, processor, config, log, metrics });
   const reconciler = new Reconciler({
     store,
     queue,
@@ -54,10 +59,26 @@ export async function startWorker(config: Config, log: Logger): Promise<Service>
     afterMs: config.RECONCILE_AFTER_MS,
   });
   reconciler.start();
-  log.info({ concurrency: config.WORKER_CONCURRENCY }, 'worker started');
+
+  let health: Service | undefined;
+  if (config.WORKER_HEALTH_PORT !== undefined) {
+    const monitor = new ConsumptionMonitor(
+      worker.workers,
+      config.WORKER_CONCURRENCY,
+      // A worker that took nothing for two lock+stall cycles while jobs wait is stuck.
+      2 * (config.WORKER_LOCK_DURATION_MS + config.WORKER_STALLED_INTERVAL_MS),
+      async () => (await queue.counts('waiting')).waiting,
+    );
+    const ready = async () => (await redis.ping().catch(() => '')) === 'PONG';
+    const server = await startHealthServer({ port: config.WORKER_HEALTH_PORT, monitor, ready, metrics });
+    health = server;
+    log.info({ port: server.port }, 'worker health server listening');
+  }
+  log.info({ concurrency: config.WORKER_CONCURRENCY, shards: config.QUEUE_SHARDS }, 'worker started');
 
   return {
     async close() {
+      await health?.close();
       await reconciler.stop();
       await worker.close(config.SHUTDOWN_TIMEOUT_MS);
       await queue.close();

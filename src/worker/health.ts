@@ -1,0 +1,79 @@
+import type { AddressInfo } from 'node:net';
+import { serve } from '@hono/node-server';
+import type { Worker } from 'bullmq';
+import { Hono } from 'hono';
+import type { Service } from '../shared/lifecycle.js';
+import type { Metrics } from '../shared/metrics.js';
+
+/**
+ * Liveness that looks at consumption, not only at a PING: a worker can stay connected and
+ * "running" while it has stopped taking jobs (bullmq issue #4585 did exactly that after a Redis
+ * outage). The worker is stuck when jobs are waiting, it has free slots, and it has neither
+ * started nor finished a job for `stuckAfterMs`.
+ */
+export class ConsumptionMonitor {
+  private lastProgressAt: number;
+  private running = 0;
+
+  constructor(
+    workers: Worker[],
+    private readonly capacity: number,
+    private readonly stuckAfterMs: number,
+    private readonly waitingJobs: () => Promise<number>,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.lastProgressAt = now();
+    const progress = () => (this.lastProgressAt = this.now());
+    for (const worker of workers) {
+      worker.on('active', () => {
+        this.running++;
+        progress();
+      });
+      const finished = () => {
+        this.running = Math.max(0, this.running - 1);
+        progress();
+      };
+      worker.on('completed', finished);
+      worker.on('failed', finished);
+      // An empty queue is progress too: there was nothing to consume.
+      worker.on('drained', progress);
+    }
+  }
+
+  /** False only when the worker demonstrably stopped consuming a non-empty queue. A Redis that
+   *  cannot be asked is a readiness problem, not a reason to restart the worker. */
+  async isConsuming(): Promise<boolean> {
+    if (this.now() - this.lastProgressAt < this.stuckAfterMs) return true;
+    if (this.running >= this.capacity) return true;
+    try {
+      return (await this.waitingJobs()) === 0;
+    } catch {
+      return true;
+    }
+  }
+}
+
+export interface HealthServerOptions {
+  port: number;
+  monitor: ConsumptionMonitor;
+  ready: () => Promise<boolean>;
+  metrics: Metrics;
+}
+
+/** A worker process's /healthz (consuming?), /readyz (Redis answers) and /metrics. */
+export async function startHealthServer({ port, monitor, ready, metrics }: HealthServerOptions): Promise<Service & { port: number }> {
+  const app = new Hono();
+  app.get('/healthz', async (c) =>
+    (await monitor.isConsuming()) ? c.json({ status: 'ok' }) : c.json({ status: 'stuck: jobs are waiting and none was taken' }, 503),
+  );
+  app.get('/readyz', async (c) => ((await ready()) ? c.json({ status: 'ready' }) : c.json({ status: 'Redis is not answering' }, 503)));
+  app.get('/metrics', async (c) => c.body(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType }));
+
+  const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
+    const listening = serve({ fetch: app.fetch, port }, () => resolve(listening));
+  });
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
