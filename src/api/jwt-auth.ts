@@ -38,7 +38,11 @@ export function jwtAuthenticator(config: AuthConfig): Authenticator {
   if (!config.AUTH_JWT_SECRET && !config.AUTH_JWKS_URL) {
     throw new AuthConfigError('No token verification configured: set AUTH_JWT_SECRET and/or AUTH_JWKS_URL.');
   }
-  const secret = config.AUTH_JWT_SECRET ? new TextEncoder().encode(config.AUTH_JWT_SECRET) : undefined;
+  // Imported once: handing jose the raw bytes makes it import a WebCrypto key on every verify.
+  const secret = config.AUTH_JWT_SECRET
+    ? crypto.subtle.importKey('raw', new TextEncoder().encode(config.AUTH_JWT_SECRET), { name: 'HMAC', hash: 'SHA-256' }, false, ['verify'])
+    : undefined;
+  const verified = new VerifiedTokenCache();
   const jwks = config.AUTH_JWKS_URL ? remoteKeySet(new URL(config.AUTH_JWKS_URL)) : undefined;
   const claims = {
     clockTolerance: CLOCK_TOLERANCE_SECONDS,
@@ -54,7 +58,7 @@ export function jwtAuthenticator(config: AuthConfig): Authenticator {
     // a public key (algorithm confusion) and `none` is never accepted.
     const alg = decodeProtectedHeader(token).alg;
     if (alg === 'HS256' && secret) {
-      return (await jwtVerify(token, secret, { ...claims, algorithms: ['HS256'] })).payload;
+      return (await jwtVerify(token, await secret, { ...claims, algorithms: ['HS256'] })).payload;
     }
     if ((alg === 'RS256' || alg === 'ES256') && jwks) {
       return (await jwtVerify(token, jwks, { ...claims, algorithms: ['RS256', 'ES256'] })).payload;
@@ -68,13 +72,18 @@ export function jwtAuthenticator(config: AuthConfig): Authenticator {
       const match = /^Bearer +([A-Za-z0-9_.~+/=-]+)$/i.exec(authorization.trim());
       if (!match) throw unauthorized('invalid_request', 'The Authorization header must be "Bearer <token>".');
 
+      const token = match[1]!;
+      const known = verified.get(token);
+      if (known) return known;
       let payload: JWTPayload;
       try {
-        payload = await verify(match[1]!);
+        payload = await verify(token);
       } catch (error) {
         throw tokenError(error);
       }
-      return principalOf(payload);
+      const principal = principalOf(payload);
+      verified.set(token, principal, payload.exp!);
+      return principal;
     },
   };
 }
@@ -119,6 +128,34 @@ function isKeySetFetchFailure(error: unknown): boolean {
   if (error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JWKSInvalid) return true;
   if (error instanceof joseErrors.JOSEError) return error.code === joseErrors.JOSEError.code;
   return error instanceof Error;
+}
+
+/**
+ * Tokens already verified, with what they grant: a client sends the same token for an hour, and
+ * verifying it again on every request is most of the API's CPU. An entry lives until the token
+ * expires, at most CACHE_MAX_AGE_MS (so a key withdrawn from the JWKS stops being honoured
+ * soon); only successes are cached, and the map is bounded (oldest entries go first).
+ */
+class VerifiedTokenCache {
+  private static readonly MAX_ENTRIES = 10_000;
+  private static readonly MAX_AGE_MS = 5 * 60_000;
+  private readonly entries = new Map<string, { principal: Principal; until: number }>();
+
+  get(token: string): Principal | undefined {
+    const entry = this.entries.get(token);
+    if (!entry) return undefined;
+    if (Date.now() < entry.until) return entry.principal;
+    this.entries.delete(token);
+    return undefined;
+  }
+
+  set(token: string, principal: Principal, expiresAtSeconds: number): void {
+    if (this.entries.size >= VerifiedTokenCache.MAX_ENTRIES) {
+      const oldest = this.entries.keys().next().value;
+      if (oldest !== undefined) this.entries.delete(oldest);
+    }
+    this.entries.set(token, { principal, until: Math.min(expiresAtSeconds * 1000, Date.now() + VerifiedTokenCache.MAX_AGE_MS) });
+  }
 }
 
 function principalOf(payload: JWTPayload): Principal {
