@@ -29,7 +29,30 @@ describe('POST operations', () => {
     expect(response.headers.get('retry-after')).toBe('1');
     const body = (await response.json()) as Record<string, unknown>;
     expect(body).toMatchObject({ id: 'op-1', status: 'inprogress', error: null });
-    expect(await ctx.queue.jobState({ tenantId: '11111111-1111-4111-8111-111111111111', connectionId: 'contosohr', operationId: 'op-1' })).toBe('waiting');
+    // The create's batch job carries it, and the record names that job.
+    const batchJobId = await ctx.store.batchJobOf({ tenantId: '11111111-1111-4111-8111-111111111111', connectionId: 'contosohr', operationId: 'op-1' });
+    expect(batchJobId).toMatch(/^batch~/);
+    expect(await ctx.queue.stateOf(batchJobId!)).toBe('waiting');
+  });
+
+  it('carries creates of one tick in one job, and answers each on its own', async () => {
+    const answers = await Promise.all([
+      ctx.post(OPS, { id: 'same-tick-1' }),
+      ctx.post(OPS, { id: 'same-tick-2' }),
+      ctx.post('/connections/otherconn/operations', { id: 'same-tick-3' }),
+      ctx.post(OPS, { id: 'same-tick-1' }),
+    ]);
+    expect(answers.map((answer) => answer.status).sort()).toEqual([201, 201, 201, 409]);
+    const jobs = await Promise.all(
+      [
+        ['contosohr', 'same-tick-1'],
+        ['contosohr', 'same-tick-2'],
+        ['otherconn', 'same-tick-3'],
+      ].map(([connectionId, operationId]) =>
+        ctx.store.batchJobOf({ tenantId: '11111111-1111-4111-8111-111111111111', connectionId: connectionId!, operationId: operationId! }),
+      ),
+    );
+    expect(new Set(jobs).size).toBe(1);
   });
 
   it('generates a UUID when the body has no id', async () => {

@@ -414,8 +414,12 @@ describe('service processes under crashes', () => {
     expect(exit, worker.output()).toEqual({ code: 0, signal: null });
     // Nothing recorded, every job back in the wait list at once (not left active to stall).
     expect(await store.count(connection, 'inprogress')).toBe(10);
-    expect(await queue.counts('active', 'wait')).toEqual({ active: 0, wait: 10 });
-    const interrupted = worker.logs.filter((line) => line.msg === 'operation interrupted by shutdown; returned to the queue');
+    // Creates of one tick share a batch job, so there are 1 to 10 jobs, none of them active.
+    const jobs = await queue.counts('active', 'wait');
+    expect(jobs.active).toBe(0);
+    expect(jobs.wait).toBeGreaterThanOrEqual(1);
+    expect(jobs.wait).toBeLessThanOrEqual(10);
+    const interrupted = worker.logs.filter((line) => line.msg === 'operation interrupted by shutdown; its job returns to the queue');
     expect(interrupted.map((line) => String(line.operationId)).sort()).toEqual([...acknowledged].sort());
 
     await group.startWorker('worker-2', { PROCESSOR_URL: processor.urlFor('worker-2', 20), OPERATION_ATTEMPTS: '1' });

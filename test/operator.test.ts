@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { adminRoutes } from '../src/api/admin.js';
+import { CreateBatcher } from '../src/api/create-batcher.js';
 import { buildOpenApiDocument } from '../src/api/openapi.js';
 import { graphErrorSchema, operationListSchema, operationResourceSchema } from '../src/api/schemas.js';
 import { Metrics } from '../src/shared/metrics.js';
@@ -73,7 +74,7 @@ describe('GET /metrics', () => {
     const { jwtAuthenticator } = await import('../src/api/jwt-auth.js');
     const app = createApp({
       store: context.store,
-      queue: context.queue,
+      creates: new CreateBatcher(context.store, context.queue, (await import('./support/context.js')).silentLog),
       auth: jwtAuthenticator(context.config),
       config: context.config,
       log: (await import('./support/context.js')).silentLog,

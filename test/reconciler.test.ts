@@ -66,6 +66,17 @@ describe('Reconciler.sweep', () => {
     expect(await reconciler().sweep()).toEqual({ checked: 1, enqueued: 0, failed: 0 });
   });
 
+  it('leaves operations whose batch job still lives alone, and gives them their own job once it is gone', async () => {
+    await store.createMany({ tenantId: 'tenant-a', connectionId: 'conn1' }, ['in-batch'], 'batch~b1');
+    await queue.enqueueBatch('batch~b1', [ref('in-batch')]);
+    clock += 2000;
+    expect(await reconciler().sweep()).toEqual({ checked: 1, enqueued: 0, failed: 0 });
+
+    await queue.queueOfJob('batch~b1').remove('batch~b1');
+    expect(await reconciler().sweep()).toEqual({ checked: 1, enqueued: 1, failed: 0 });
+    expect(await queue.jobState(ref('in-batch'))).toBe('waiting');
+  });
+
   it('records a job that stalled too often as a failed operation', async () => {
     await store.create(ref('poison'));
     // What BullMQ does when the job's worker died more often than maxStalledCount allows.

@@ -9,7 +9,7 @@ import type { Operation } from '../src/shared/operation.js';
 import { OperationQueue } from '../src/shared/queue.js';
 import { createRedis, waitUntilReady, type RedisClient } from '../src/shared/redis.js';
 import { OperationStore } from '../src/shared/store.js';
-import type { Processor } from '../src/worker/processor.js';
+import { OperationFailure, type Processor } from '../src/worker/processor.js';
 import { completeEverything } from '../src/worker/processors/builtin.js';
 import { httpProcessor } from '../src/worker/processors/http.js';
 import { loadModuleProcessor } from '../src/worker/processors/module.js';
@@ -69,7 +69,7 @@ afterEach(async () => {
 });
 
 function startWorker(processor: Processor) {
-  worker = createWorker({ connection: redis, store, processor, config, log: silentLog });
+  worker = createWorker({ connection: redis, store, queue, processor, config, log: silentLog });
 }
 
 const TENANT = 'tenant-a';
@@ -199,6 +199,39 @@ describe('the HTTP processor', () => {
 });
 
 describe('the worker', () => {
+  it('processes a batch job, failing, completing and retrying each operation on its own', async () => {
+    const ids = ['b-ok', 'b-bad', 'b-flaky', 'b-done'];
+    const connection = { tenantId: TENANT, connectionId: 'conn1' };
+    const { results } = await store.createMany(connection, ids, 'batch~test');
+    expect(results).toEqual(['created', 'created', 'created', 'created']);
+    await store.finish({ ...connection, operationId: 'b-done' }, 'completed');
+    const calls: string[] = [];
+    startWorker(async ({ operation, attempt }) => {
+      calls.push(`${operation.id}#${attempt}`);
+      if (operation.id === 'b-bad') throw new OperationFailure({ errorCode: 'bad', message: 'bad item', details: [] });
+      if (operation.id === 'b-flaky' && attempt === 1) throw new Error('try again');
+    });
+    await queue.enqueueBatch('batch~test', ids.map((operationId) => ({ ...connection, operationId })));
+    expect(await terminal('b-ok')).toMatchObject({ status: 'completed' });
+    expect(await terminal('b-bad')).toMatchObject({ status: 'failed', error: { errorCode: 'bad' } });
+    expect(await terminal('b-flaky')).toMatchObject({ status: 'completed' });
+    expect(calls.sort()).toEqual(['b-bad#1', 'b-flaky#1', 'b-flaky#2', 'b-ok#1']);
+  });
+
+  it('fails a batched operation after its last attempt, counting the batch attempt', async () => {
+    const connection = { tenantId: TENANT, connectionId: 'conn1' };
+    await store.createMany(connection, ['always-down'], 'batch~down');
+    const attempts: number[] = [];
+    startWorker(async ({ attempt }) => {
+      attempts.push(attempt);
+      throw new Error('still down');
+    });
+    await queue.enqueueBatch('batch~down', [{ ...connection, operationId: 'always-down' }]);
+    expect((await terminal('always-down')).error?.message).toBe('Processing failed after 3 attempts: still down');
+    expect(attempts).toEqual([1, 2, 3]);
+  });
+
+
   it('never hands a terminal operation to the processor', async () => {
     const seen: string[] = [];
     const ref = await submit('already-done');

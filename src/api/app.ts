@@ -3,9 +3,9 @@ import { Hono, type MiddlewareHandler } from 'hono';
 import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
-import type { OperationRef } from '../shared/operation.js';
 import type { OperationStore } from '../shared/store.js';
 import type { Authenticator, Principal } from './auth.js';
+import type { Creates } from './create-batcher.js';
 import { GraphError, graphErrorResponse, serviceUnavailable } from './errors.js';
 import { ADMIN_BASE_PATH } from './admin.js';
 import { openApiRoutes } from './openapi.js';
@@ -13,7 +13,7 @@ import { operationRoutes } from './operations.js';
 
 export interface AppDeps {
   store: OperationStore;
-  queue: { enqueue(ref: OperationRef): Promise<void> };
+  creates: Creates;
   auth: Authenticator;
   config: Pick<Config, 'PUBLIC_BASE_URL' | 'TRUST_PROXY' | 'METRICS_TOKEN'>;
   log: Logger;

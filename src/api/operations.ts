@@ -25,7 +25,7 @@ const DEFAULT_TOP = 100;
 const MAX_TOP = 999;
 
 /** The connectionOperation routes, for one path family (`/external/connections` or `/connections`). */
-export function operationRoutes({ store, queue, config, log, metrics }: AppDeps): Hono<AppEnv> {
+export function operationRoutes({ store, creates, config, metrics }: AppDeps): Hono<AppEnv> {
   const routes = new Hono<AppEnv>();
   const limitBody = bodyLimit({
     maxSize: MAX_BODY_BYTES,
@@ -44,16 +44,9 @@ export function operationRoutes({ store, queue, config, log, metrics }: AppDeps)
     if (!body.success) throw badRequest(describeCreateBodyProblem(body.error));
 
     const ref = { tenantId: principal.tenantId, connectionId, operationId: body.data.id ?? randomUUID() };
-    const { result, operation } = await unlessRedisFails(() => store.create(ref));
+    const { result, operation } = await unlessRedisFails(() => creates.create(ref));
     if (result === 'exists') {
       throw new GraphError(409, 'conflict', `An operation with id '${ref.operationId}' already exists in connection '${connectionId}'.`);
-    }
-    try {
-      await queue.enqueue(ref);
-    } catch (error) {
-      // The record is stored and sits in the inprogress index: the reconciler enqueues it, so
-      // the 201 below is a promise that still holds.
-      log.warn({ err: error, operationId: ref.operationId }, 'enqueue failed; the reconciler will enqueue it');
     }
     metrics?.operationsCreated.inc();
     const location = `${publicBaseUrl(c, config)}${c.req.path.replace(/\/(\$|%24)ref$/, '')}/${ref.operationId}`;

@@ -9,6 +9,7 @@ import { OperationStore } from '../shared/store.js';
 import type { Metrics } from '../shared/metrics.js';
 import { adminRoutes } from './admin.js';
 import { createApp } from './app.js';
+import { CreateBatcher } from './create-batcher.js';
 import { jwtAuthenticator } from './jwt-auth.js';
 import { rateLimitPerTenant } from './rate-limit.js';
 
@@ -54,7 +55,7 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics): P
       : undefined;
   const app = createApp({
     store,
-    queue,
+    creates: new CreateBatcher(store, queue, log),
     auth,
     config,
     log,

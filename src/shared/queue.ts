@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { Queue, type JobType, type JobsOptions } from 'bullmq';
 import type { Logger } from 'pino';
 import type { OperationRef } from './operation.js';
@@ -8,7 +9,10 @@ import type { RedisClient } from './redis.js';
  * API and workers both build their BullMQ objects from here.
  */
 
+/** A job that carries one operation: a retry, or a re-enqueue by the reconciler. */
 export const JOB_NAME = 'process-operation';
+/** A job that carries the operations the API created in one event-loop tick. */
+export const BATCH_JOB_NAME = 'process-batch';
 
 /**
  * The name of one shard's queue. The braces make each queue's keys one Redis Cluster hash slot,
@@ -22,7 +26,18 @@ export function queueName(shard: number, shards: number): string {
 /** The single-shard queue name (the default deployment). */
 export const QUEUE_NAME = queueName(0, 1);
 
-export type OperationJobData = OperationRef;
+export interface OperationJobData extends OperationRef {
+  /** Attempts already spent before this job (in a batch, or in earlier jobs). */
+  attemptsBefore?: number;
+}
+export interface BatchJobData {
+  batch: OperationRef[];
+}
+export type JobData = OperationJobData | BatchJobData;
+
+export function isBatch(data: JobData): data is BatchJobData {
+  return 'batch' in data;
+}
 
 export interface RetryPolicy {
   attempts: number;
@@ -39,15 +54,23 @@ export function jobIdOf({ tenantId, connectionId, operationId }: OperationRef): 
   return `${tenantId}~${connectionId}~${operationId}`;
 }
 
-export function jobOptions({ attempts, backoffMs }: RetryPolicy, ref: OperationRef): JobsOptions {
+export function newBatchJobId(): string {
+  return `batch~${randomUUID()}`;
+}
+
+/**
+ * Options of every job: `attempts` in total with exponential backoff from `firstBackoffMs`.
+ * The operation record is the durable result, so a completed job is removed at once; jobs fail
+ * in BullMQ only when an outcome could not be written (the reconciler repairs those), and the
+ * last ones are kept for inspection.
+ */
+function jobOptions(jobId: string, attempts: number, firstBackoffMs: number, delay = 0): JobsOptions {
   return {
-    jobId: jobIdOf(ref),
+    jobId,
     attempts,
-    backoff: { type: 'exponential', delay: backoffMs },
-    // The operation record is the durable result; a finished job is only bookkeeping.
+    delay,
+    backoff: { type: 'exponential', delay: firstBackoffMs },
     removeOnComplete: true,
-    // Jobs fail in BullMQ only when the terminal status could not be written (the reconciler
-    // re-enqueues those); keep the last ones for inspection.
     removeOnFail: { count: 1000 },
   };
 }
@@ -65,7 +88,7 @@ function shardOf(jobId: string, shards: number): number {
 /** The producer side: what the API (and the reconciler) use to put operations on the queue. */
 export class OperationQueue {
   /** One BullMQ queue per shard. */
-  readonly queues: Queue<OperationJobData>[];
+  readonly queues: Queue<JobData>[];
 
   constructor(
     connection: RedisClient,
@@ -75,20 +98,48 @@ export class OperationQueue {
     shards = 1,
   ) {
     this.queues = Array.from({ length: shards }, (_, shard) => {
-      const queue = new Queue<OperationJobData>(queueName(shard, shards), { connection, prefix });
+      const queue = new Queue<JobData>(queueName(shard, shards), { connection, prefix });
       queue.on('error', (error) => log.warn({ err: error }, 'queue connection error'));
       return queue;
     });
   }
 
-  /** The queue that holds this operation's job. */
-  queueFor(ref: OperationRef): Queue<OperationJobData> {
-    return this.queues[shardOf(jobIdOf(ref), this.queues.length)]!;
+  /** The queue that holds this operation's own job. */
+  queueFor(ref: OperationRef): Queue<JobData> {
+    return this.queueOfJob(jobIdOf(ref));
   }
 
   /** Idempotent while the job exists: BullMQ ignores an add whose job id is taken. */
   async enqueue(ref: OperationRef): Promise<void> {
-    await this.queueFor(ref).add(JOB_NAME, ref, jobOptions(this.policy, ref));
+    await this.queueFor(ref).add(JOB_NAME, ref, jobOptions(jobIdOf(ref), this.policy.attempts, this.policy.backoffMs));
+  }
+
+  /** One job for operations created together (`jobId` from newBatchJobId, recorded on them). */
+  async enqueueBatch(jobId: string, batch: OperationRef[]): Promise<void> {
+    const queue = this.queues[shardOf(jobId, this.queues.length)]!;
+    await queue.add(BATCH_JOB_NAME, { batch }, jobOptions(jobId, this.policy.attempts, this.policy.backoffMs));
+  }
+
+  /** An operation of a batch whose attempt failed transiently continues as its own job, after
+   *  the backoff its attempt count calls for, with the attempts it has left. */
+  async enqueueRetry(ref: OperationRef, attemptsBefore: number): Promise<void> {
+    const { attempts, backoffMs } = this.policy;
+    const delay = backoffMs * 2 ** (attemptsBefore - 1);
+    await this.queueFor(ref).add(
+      JOB_NAME,
+      { ...ref, attemptsBefore },
+      jobOptions(jobIdOf(ref), attempts - attemptsBefore, delay * 2, delay),
+    );
+  }
+
+  /** BullMQ's state of a job ('unknown' when there is none). */
+  async stateOf(jobId: string): Promise<string> {
+    return this.queueOfJob(jobId).getJobState(jobId);
+  }
+
+  /** The queue that holds a job: an operation's own job or a batch job. */
+  queueOfJob(jobId: string): Queue<JobData> {
+    return this.queues[shardOf(jobId, this.queues.length)]!;
   }
 
   /** BullMQ's state of this operation's job ('unknown' when there is none). */

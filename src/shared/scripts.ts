@@ -6,8 +6,18 @@ import type { RedisClient } from './redis.js';
  * script per transition. All KEYS of one call share the connection's hash tag (one cluster slot);
  * operation hashes are addressed as ARGV prefix .. id, inside that same tag.
  *
+ * Why undeclared keys are safe on a Redis Cluster: the client routes a script by its KEYS, and
+ * every operation hash it reaches through ARGV has the same hash tag, so the same slot, so the
+ * same node. Redis 7 refuses a script only when an undeclared key is on another node (or, for
+ * scripts with a `#!lua` flags line, in another slot); test/cluster.test.ts runs every script on
+ * a three-master cluster. The one case it does not cover: while an operator migrates that slot
+ * (resharding), an operation hash that already moved answers an error instead of an ASK
+ * redirect; the call fails like any Redis error (the API answers 503, a worker retries the job).
+ * BullMQ's own scripts address job hashes the same way. (LIST cannot declare its hashes: it
+ * learns the ids inside the script.)
+ *
  * An operation hash holds: s = status, e = errorDetail JSON (failed only), c = created ms,
- * u = last action ms.
+ * u = last action ms, j = id of the batch job carrying it (while inprogress, when batched).
  */
 
 /** Removes up to `n` of the oldest index entries whose operation hash has expired. Amortizes
@@ -22,19 +32,36 @@ end
 `;
 
 /**
- * create: create-if-absent.
- * KEYS[1] operation hash, KEYS[2] index, KEYS[3] inprogress status index
- * ARGV[1] operation id, ARGV[2] now ms, ARGV[3] operation key prefix, ARGV[4] index ttl ms
- * Returns 1 when created, 0 when the id is taken.
+ * create: create-if-absent for one or many operations of one connection (the API commits the
+ * creates of one event-loop tick together).
+ * KEYS[1] index, KEYS[2] inprogress status index
+ * ARGV[1] now ms, ARGV[2] operation key prefix, ARGV[3] index ttl ms, ARGV[4] id of the job that
+ * will carry these operations ('' when it is each operation's own), ARGV[5..] operation ids
+ * Returns one number per id: 1 when created, 0 when the id is taken (also by an earlier id of
+ * this same call).
  */
 const CREATE = `${PRUNE_OLDEST}
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 's', 'inprogress', 'c', ARGV[2], 'u', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-prune_oldest(KEYS[2], ARGV[3], 2)
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return 1
+local now, op_prefix = ARGV[1], ARGV[2]
+local created = {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local key = op_prefix .. id
+  if redis.call('EXISTS', key) == 1 then
+    created[#created + 1] = 0
+  else
+    if ARGV[4] ~= '' then
+      redis.call('HSET', key, 's', 'inprogress', 'c', now, 'u', now, 'j', ARGV[4])
+    else
+      redis.call('HSET', key, 's', 'inprogress', 'c', now, 'u', now)
+    end
+    redis.call('ZADD', KEYS[1], now, id)
+    redis.call('ZADD', KEYS[2], now, id)
+    created[#created + 1] = 1
+  end
+end
+prune_oldest(KEYS[1], op_prefix, 2)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return created
 `;
 
 /**
@@ -53,6 +80,7 @@ if not status then
 end
 if status ~= 'inprogress' then return 0 end
 redis.call('HSET', KEYS[1], 's', ARGV[2], 'u', ARGV[4])
+redis.call('HDEL', KEYS[1], 'j')
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'e', ARGV[3]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('ZREM', KEYS[2], ARGV[1])

@@ -54,21 +54,33 @@ export class OperationStore {
 
   /** Creates the operation as `inprogress` unless its id is taken in this tenant and connection. */
   async create(ref: OperationRef): Promise<{ result: CreateResult; operation: Operation }> {
+    const { results, createdAt } = await this.createMany(ref, [ref.operationId]);
+    return { result: results[0]!, operation: inprogressOperation(ref.operationId, createdAt) };
+  }
+
+  /**
+   * Creates several operations of one connection in one atomic script, in order: an id taken
+   * before, or earlier in the same list, is `exists`. `jobId` names the batch job that will
+   * carry them, so the reconciler can tell whether that job still lives.
+   */
+  async createMany(
+    connection: ConnectionRef,
+    operationIds: string[],
+    jobId = '',
+  ): Promise<{ results: CreateResult[]; createdAt: number }> {
     const now = this.now();
-    await this.register(ref, now);
-    const created = await scripts.create.run(
+    await this.register(connection, now);
+    const reply = (await scripts.create.run(
       this.redis,
-      [this.keys.operation(ref), this.keys.index(ref), this.keys.statusIndex(ref, 'inprogress')],
-      [ref.operationId, now, this.keys.operationPrefix(ref), this.indexTtlMs],
-    );
-    const operation: Operation = {
-      id: ref.operationId,
-      status: 'inprogress',
-      error: null,
-      createdAt: now,
-      lastActionAt: now,
-    };
-    return { result: created === 1 ? 'created' : 'exists', operation };
+      [this.keys.index(connection), this.keys.statusIndex(connection, 'inprogress')],
+      [now, this.keys.operationPrefix(connection), this.indexTtlMs, jobId, ...operationIds],
+    )) as number[];
+    return { results: reply.map((created) => (created === 1 ? 'created' : 'exists')), createdAt: now };
+  }
+
+  /** The batch job recorded for an inprogress operation, if it was created in a batch. */
+  async batchJobOf(ref: OperationRef): Promise<string | undefined> {
+    return (await this.redis.hget(this.keys.operation(ref), 'j')) ?? undefined;
   }
 
   async get(ref: OperationRef): Promise<Operation | undefined> {
@@ -179,6 +191,10 @@ export class OperationStore {
     if (this.registered.size > 100_000) this.registered.clear();
     this.registered.set(tag, now);
   }
+}
+
+export function inprogressOperation(id: string, createdAt: number): Operation {
+  return { id, status: 'inprogress', error: null, createdAt, lastActionAt: createdAt };
 }
 
 function toOperation(id: string, status: string, error: string, createdAt: unknown, lastActionAt: unknown): Operation {

@@ -21,6 +21,11 @@ export interface SweepResult {
   failed: number;
 }
 
+/** A job that will still run (waiting, delayed, active, prioritized…). */
+function isLive(state: string): boolean {
+  return state !== 'unknown' && state !== 'failed' && state !== 'completed';
+}
+
 /** Operations looked at per connection per sweep; the rest wait for the next sweep. */
 const BATCH = 500;
 /** BullMQ's failedReason for a job whose worker died more often than maxStalledCount allows. */
@@ -30,7 +35,8 @@ const STALLED_TOO_OFTEN = /stalled more than allowable limit/i;
  * Makes every acknowledged operation reach a terminal status whatever crashed: it finds
  * inprogress operations that have no live job and enqueues them again.
  *
- * - job missing (the API died between storing and enqueuing): enqueue it;
+ * - no live job, neither the batch job it was created in nor its own (the API died between
+ *   storing and enqueuing, or the batch job failed): enqueue it as its own job;
  * - job failed in BullMQ because its worker died again and again: record the operation as
  *   failed, so one poisonous operation cannot loop forever;
  * - job failed or completed otherwise (the terminal status could not be written): enqueue a new
@@ -86,10 +92,14 @@ export class Reconciler {
 
   private async repair(ref: OperationRef): Promise<'ok' | 'enqueued' | 'failed'> {
     const { store, queue } = this.options;
+    // The batch job the API created it in, while that job lives, carries it.
+    const batchJobId = await store.batchJobOf(ref);
+    if (batchJobId && isLive(await queue.stateOf(batchJobId))) return 'ok';
+
     const jobId = jobIdOf(ref);
     const bull = queue.queueFor(ref);
     const state = await bull.getJobState(jobId);
-    if (state !== 'unknown' && state !== 'failed' && state !== 'completed') return 'ok';
+    if (isLive(state)) return 'ok';
 
     if (state !== 'unknown') {
       const job = await bull.getJob(jobId);

@@ -50,7 +50,7 @@ export async function startWorker(config: Config, log: Logger, metrics: Metrics)
     log,
     config.QUEUE_SHARDS,
   );
-  const worker = createWorker({ connection: redis, store, processor, config, log, metrics });
+  const worker = createWorker({ connection: redis, store, queue, processor, config, log, metrics });
   const reconciler = new Reconciler({
     store,
     queue,

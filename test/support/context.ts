@@ -3,6 +3,7 @@ import { SignJWT } from 'jose';
 import { pino } from 'pino';
 import { inject } from 'vitest';
 import { createApp } from '../../src/api/app.js';
+import { CreateBatcher } from '../../src/api/create-batcher.js';
 import { jwtAuthenticator } from '../../src/api/jwt-auth.js';
 import { rateLimitPerTenant } from '../../src/api/rate-limit.js';
 import { loadConfig, type Config } from '../../src/shared/config.js';
@@ -63,7 +64,7 @@ export async function createApiContextFor(config: Config) {
   const queue = new OperationQueue(redis, config.REDIS_PREFIX, { attempts: config.OPERATION_ATTEMPTS, backoffMs: config.OPERATION_BACKOFF_MS }, silentLog);
   const app = createApp({
     store,
-    queue,
+    creates: new CreateBatcher(store, queue, silentLog),
     auth: jwtAuthenticator(config),
     config,
     log: silentLog,
