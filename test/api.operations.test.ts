@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { createApiContext, type ApiContext } from './support/context.js';
+import { CreateBatcher } from '../src/api/create-batcher.js';
+import { createApiContext, silentLog, type ApiContext } from './support/context.js';
 
 let ctx: ApiContext;
 beforeEach(async () => {
@@ -36,23 +37,19 @@ describe('POST operations', () => {
   });
 
   it('carries creates of one tick in one job, and answers each on its own', async () => {
-    const answers = await Promise.all([
-      ctx.post(OPS, { id: 'same-tick-1' }),
-      ctx.post(OPS, { id: 'same-tick-2' }),
-      ctx.post('/connections/otherconn/operations', { id: 'same-tick-3' }),
-      ctx.post(OPS, { id: 'same-tick-1' }),
-    ]);
-    expect(answers.map((answer) => answer.status).sort()).toEqual([201, 201, 201, 409]);
-    const jobs = await Promise.all(
-      [
-        ['contosohr', 'same-tick-1'],
-        ['contosohr', 'same-tick-2'],
-        ['otherconn', 'same-tick-3'],
-      ].map(([connectionId, operationId]) =>
-        ctx.store.batchJobOf({ tenantId: '11111111-1111-4111-8111-111111111111', connectionId: connectionId!, operationId: operationId! }),
-      ),
-    );
-    expect(new Set(jobs).size).toBe(1);
+    const batcher = new CreateBatcher(ctx.store, ctx.queue, silentLog);
+    const tenantId = '11111111-1111-4111-8111-111111111111';
+    const refs = [
+      { tenantId, connectionId: 'contosohr', operationId: 'same-tick-1' },
+      { tenantId, connectionId: 'contosohr', operationId: 'same-tick-2' },
+      { tenantId, connectionId: 'otherconn', operationId: 'same-tick-3' },
+      { tenantId, connectionId: 'contosohr', operationId: 'same-tick-1' },
+    ];
+    const answers = await Promise.all(refs.map((ref) => batcher.create(ref)));
+    expect(answers.map((answer) => answer.result)).toEqual(['created', 'created', 'created', 'exists']);
+    const jobs = new Set(await Promise.all(refs.map((ref) => ctx.store.batchJobOf(ref))));
+    expect(jobs.size).toBe(1);
+    expect(await ctx.queue.stateOf([...jobs][0]!)).toBe('waiting');
   });
 
   it('generates a UUID when the body has no id', async () => {
