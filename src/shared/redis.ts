@@ -40,6 +40,10 @@ export function createRedis({ url, role, commandTimeoutMs, connectionName }: Red
     const clusterOptions: ClusterOptions = {
       enableOfflineQueue: role === 'consumer',
       clusterRetryStrategy: (times) => Math.min(times * 100, 2000),
+      // Every read from the master of its slot (ioredis's default, pinned on purpose): a worker
+      // checks an operation's status before calling the processor, and a lagging replica could
+      // answer `inprogress` for an operation that is already terminal.
+      scaleReads: 'master',
       redisOptions: {
         ...common,
         username: first.username || undefined,
@@ -63,13 +67,19 @@ export async function waitUntilReady(client: RedisClient): Promise<void> {
  * operation. Warns (managed Redis may forbid CONFIG; then it says it could not check).
  */
 export async function warnUnlessNoEviction(client: RedisClient, log: { warn(obj: object, msg: string): void }): Promise<void> {
-  try {
-    const reply = (await client.call('CONFIG', 'GET', 'maxmemory-policy')) as string[];
-    const policy = reply[1];
-    if (policy !== 'noeviction') {
-      log.warn({ policy }, `Redis maxmemory-policy is ${policy}; set it to noeviction, or Redis may evict operations and jobs`);
+  // On a cluster a keyless command goes to one node chosen at random: ask every master, since
+  // any of them may hold operations and jobs.
+  const targets: Redis[] = client instanceof Cluster ? client.nodes('master') : [client];
+  for (const target of targets) {
+    const node = `${target.options.host}:${target.options.port}`;
+    try {
+      const reply = (await target.call('CONFIG', 'GET', 'maxmemory-policy')) as string[];
+      const policy = reply[1];
+      if (policy !== 'noeviction') {
+        log.warn({ policy, node }, `Redis maxmemory-policy is ${policy}; set it to noeviction, or Redis may evict operations and jobs`);
+      }
+    } catch (error) {
+      log.warn({ err: error, node }, 'could not read Redis maxmemory-policy; make sure it is noeviction');
     }
-  } catch (error) {
-    log.warn({ err: error }, 'could not read Redis maxmemory-policy; make sure it is noeviction');
   }
 }

@@ -1,0 +1,82 @@
+import type { ServiceProcess } from './processes.js';
+import type { ProcessorServer } from './processor-server.js';
+
+/**
+ * Client-side helpers for process tests that create operations through a real API and check
+ * what became of them: create bodies, one create, one status read, and tallies of the workers'
+ * logs and the processor's calls.
+ */
+
+export type CreateBody = { id?: string };
+
+export interface CreateOutcome {
+  connectionId: string;
+  body: CreateBody;
+  status?: number;
+  operationId?: string;
+  /** Set when no answer came (the API died mid-request). */
+  error?: string;
+}
+
+/** A mix of client ids (one made only of digits, as BullMQ job ids must never be) and
+ *  server-generated ones. `series` keeps the client ids of several calls apart. */
+export function createBodies(count: number, series = 0): CreateBody[] {
+  const base = series * 1_000_000;
+  return Array.from({ length: count }, (_, i): CreateBody => {
+    if (i === 0) return { id: String(base + 12345) };
+    if (i % 4 === 1) return { id: String(base + 900_000 + i) };
+    if (i % 4 === 2) return { id: `op.${series}.${i}_x~y-z` };
+    return {};
+  });
+}
+
+export async function createOperation(baseUrl: string, token: string, connectionId: string, body: CreateBody): Promise<CreateOutcome> {
+  try {
+    const response = await fetch(`${baseUrl}/v1.0/external/connections/${connectionId}/operations`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+      signal: AbortSignal.timeout(10_000),
+    });
+    const json = (await response.json().catch(() => ({}))) as { id?: string };
+    return { connectionId, body, status: response.status, ...(json.id ? { operationId: json.id } : {}) };
+  } catch (error) {
+    return { connectionId, body, error: error instanceof Error ? `${error.message} (${String(error.cause)})` : String(error) };
+  }
+}
+
+/** The operation's status as a client reads it, or `http <status>` when the read is not a 200. */
+export async function getStatus(baseUrl: string, token: string, connectionId: string, operationId: string): Promise<string> {
+  const response = await fetch(`${baseUrl}/v1.0/external/connections/${connectionId}/operations/${operationId}`, {
+    headers: { authorization: `Bearer ${token}` },
+    signal: AbortSignal.timeout(5000),
+  });
+  const json = (await response.json().catch(() => ({}))) as { status?: string };
+  return response.status === 200 ? String(json.status) : `http ${response.status}`;
+}
+
+/** How many `operation finished` lines the workers logged per operation (connection/id). */
+export function finishLogCounts(workers: readonly ServiceProcess[]): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const worker of workers) {
+    for (const line of worker.logs) {
+      if (line.msg !== 'operation finished') continue;
+      const key = `${String(line.connectionId)}/${String(line.operationId)}`;
+      counts.set(key, (counts.get(key) ?? 0) + 1);
+    }
+  }
+  return counts;
+}
+
+/** Processor calls per worker (the URL path segment each worker was given). */
+export function callsPerWorker(processor: ProcessorServer): Map<string, number> {
+  const calls = new Map<string, number>();
+  for (const call of processor.calls) calls.set(call.worker, (calls.get(call.worker) ?? 0) + 1);
+  return calls;
+}
+
+/** Operation ids the processor was called for more than once. The processor server records
+ *  the operation id only, so a load gives every id it creates a distinct value (`series`). */
+export function seenMoreThanOnce(processor: ProcessorServer): string[] {
+  return [...processor.timesSeen()].filter(([, times]) => times > 1).map(([id]) => id);
+}
