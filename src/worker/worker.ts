@@ -39,6 +39,8 @@ export interface WorkerDeps {
 /** After aborting the processors at the shutdown deadline, how long to wait for them to return
  *  before giving up on them (their jobs then stall and run again elsewhere). */
 const ABORT_GRACE_MS = 2000;
+/** BullMQ job slots are WORKER_CONCURRENCY divided by this (see below). */
+const JOB_SLOTS_DIVISOR = 5;
 
 /** What one attempt decided. `interrupted`: this process's shutdown aborted the processor. */
 type Outcome = { status: TerminalStatus; error?: ErrorDetail } | { retry: unknown } | { interrupted: unknown };
@@ -160,13 +162,17 @@ export function createWorker({ connection, store, queue, processor, config, log,
     else await handleOne(job as Job<OperationJobData>, token);
   }
 
-  // Every shard's queue gets its own BullMQ worker; the process's concurrency is split among them.
+  // Every shard's queue gets its own BullMQ worker, and they share the process's job slots.
+  // Jobs are mostly batches (up to 25 operations), so a process takes at most a fifth of
+  // WORKER_CONCURRENCY jobs at a time: enough to keep WORKER_CONCURRENCY processor calls busy,
+  // while a worker never hoards batches it cannot start that an idle worker could run.
   const shards = config.QUEUE_SHARDS;
+  const jobSlots = Math.max(1, Math.ceil(config.WORKER_CONCURRENCY / JOB_SLOTS_DIVISOR / shards));
   const workers = Array.from({ length: shards }, (_, shard) => {
     const worker = new Worker<JobData>(queueName(shard, shards), handle, {
       connection,
       prefix: config.REDIS_PREFIX,
-      concurrency: Math.max(1, Math.ceil(config.WORKER_CONCURRENCY / shards)),
+      concurrency: jobSlots,
       lockDuration: config.WORKER_LOCK_DURATION_MS,
       stalledInterval: config.WORKER_STALLED_INTERVAL_MS,
       // A job whose worker died goes back to the queue twice; the third time BullMQ fails it
