@@ -46,10 +46,36 @@ export class ConsumptionMonitor {
     if (this.now() - this.lastProgressAt < this.stuckAfterMs) return true;
     if (this.running >= this.capacity) return true;
     try {
-      return (await this.waitingJobs()) === 0;
+      // Bounded: the worker's connection waits through outages, so an unbounded count hung
+      // /healthz for the whole outage (a probe timeout, counted as a failure: the worker was
+      // restarted for Redis's fault). Found by test/faults.test.ts.
+      return (await answerWithin(this.waitingJobs(), REDIS_ANSWER_TIMEOUT_MS)) === 0;
     } catch {
+      // Redis is away, so the worker cannot consume: that time is not evidence against it. The
+      // clock restarts, and the worker gets a full stuckAfterMs once Redis is back (without
+      // this, the first probe after an outage answered 503 before the worker had had a chance
+      // to take the jobs that waited meanwhile; found by test/faults.test.ts).
+      this.lastProgressAt = this.now();
       return true;
     }
+  }
+}
+
+/** How long a health endpoint waits for Redis before it answers without it. */
+const REDIS_ANSWER_TIMEOUT_MS = 500;
+
+/** The promise's value, or a rejection once `ms` passed. */
+async function answerWithin<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`Redis did not answer within ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -66,7 +92,10 @@ export async function startHealthServer({ port, monitor, ready, metrics }: Healt
   app.get('/healthz', async (c) =>
     (await monitor.isConsuming()) ? c.json({ status: 'ok' }) : c.json({ status: 'stuck: jobs are waiting and none was taken' }, 503),
   );
-  app.get('/readyz', async (c) => ((await ready()) ? c.json({ status: 'ready' }) : c.json({ status: 'Redis is not answering' }, 503)));
+  // Bounded for the same reason: a PING on the worker's connection waits through an outage, and
+  // /readyz hung instead of answering 503 (found by test/faults.test.ts).
+  const isReady = () => answerWithin(ready(), REDIS_ANSWER_TIMEOUT_MS).catch(() => false);
+  app.get('/readyz', async (c) => ((await isReady()) ? c.json({ status: 'ready' }) : c.json({ status: 'Redis is not answering' }, 503)));
   app.get('/metrics', async (c) => c.body(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType }));
 
   const server = await new Promise<ReturnType<typeof serve>>((resolve) => {

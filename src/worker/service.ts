@@ -64,12 +64,18 @@ export async function startWorker(config: Config, log: Logger, metrics: Metrics)
   if (config.WORKER_HEALTH_PORT !== undefined) {
     const monitor = new ConsumptionMonitor(
       worker.workers,
-      config.WORKER_CONCURRENCY,
+      // In BullMQ job slots, what the monitor counts as running: since jobs carry batches a
+      // process has a fifth of WORKER_CONCURRENCY of them, and comparing with WORKER_CONCURRENCY
+      // called a worker whose every slot was busy with a long job stuck (found by
+      // test/faults.test.ts).
+      worker.workers.reduce((slots, shardWorker) => slots + shardWorker.concurrency, 0),
       // A worker that took nothing for two lock+stall cycles while jobs wait is stuck.
       2 * (config.WORKER_LOCK_DURATION_MS + config.WORKER_STALLED_INTERVAL_MS),
       async () => (await queue.counts('waiting')).waiting,
     );
-    const ready = async () => (await redis.ping().catch(() => '')) === 'PONG';
+    // Not connected is not ready, at once: a PING would wait in the offline queue until Redis
+    // is back (the health server bounds the wait for a connected but silent Redis).
+    const ready = async () => redis.status === 'ready' && (await redis.ping().catch(() => '')) === 'PONG';
     const server = await startHealthServer({ port: config.WORKER_HEALTH_PORT, monitor, ready, metrics });
     health = server;
     log.info({ port: server.port }, 'worker health server listening');

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -28,6 +28,13 @@ export interface RedisServer {
   start(): Promise<void>;
   /** stop() and remove its directory. */
   destroy(): Promise<void>;
+  /** The running server's process id (undefined while stopped). */
+  readonly pid: number | undefined;
+  /** Freezes the server with SIGSTOP: its connections stay open but nothing answers (a hung
+   *  host, a long GC-like stall). Resolves once the kernel reports the process stopped. */
+  freeze(): Promise<void>;
+  /** SIGCONT after freeze(): the server runs again and answers everything queued meanwhile. */
+  thaw(): void;
 }
 
 /**
@@ -54,6 +61,7 @@ export async function startRedisServer(args: string[] = [], port?: number): Prom
     current.kill(signal);
     await exited;
   };
+  const running = () => (child && child.exitCode === null && child.signalCode === null ? child : undefined);
   await start();
   return {
     url: `redis://127.0.0.1:${chosenPort}`,
@@ -65,7 +73,31 @@ export async function startRedisServer(args: string[] = [], port?: number): Prom
       await stop('SIGKILL');
       rmSync(dir, { recursive: true, force: true });
     },
+    get pid() {
+      return running()?.pid;
+    },
+    async freeze() {
+      const current = running();
+      if (!current?.pid) throw new Error('redis-server is not running');
+      current.kill('SIGSTOP');
+      await waitForProcessState(current.pid, 'T', 5000);
+    },
+    thaw() {
+      running()?.kill('SIGCONT');
+    },
   };
+}
+
+/** Waits until /proc says the process is in `state` (`T`: stopped by a signal). Linux only. */
+export async function waitForProcessState(pid: number, state: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    // /proc/<pid>/stat: "pid (comm) state ...", comm may contain spaces, so split after ')'.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    if (stat.slice(stat.lastIndexOf(')') + 2).startsWith(state)) return;
+    if (Date.now() > deadline) throw new Error(`process ${pid} did not reach state ${state} within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
 }
 
 export async function waitForPing(port: number, timeoutMs: number): Promise<void> {
