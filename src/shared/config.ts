@@ -38,7 +38,7 @@ export const configSchema = z.object({
     .regex(/^[A-Za-z0-9_-]{1,32}$/, 'must be 1-32 letters, digits, - or _')
     .default('cops'),
   /** How long an API request waits for Redis before answering 503. */
-  REDIS_COMMAND_TIMEOUT_MS: positiveInt.default(800),
+  REDIS_COMMAND_TIMEOUT_MS: positiveInt.default(500),
 
   /** Token validation: HS256 secret and/or a JWKS URL for RS256/ES256. */
   AUTH_JWT_SECRET: optionalString,
