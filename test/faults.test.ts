@@ -522,13 +522,14 @@ describe('worker liveness on WORKER_HEALTH_PORT', () => {
     const resumedMs = Date.now() - resumedFrom;
     expect(await probe('/healthz')).toMatchObject({ status: 200 });
 
-    // Every job slot busy with a job that takes long, others waiting: a busy worker, not a stuck
-    // one, for longer than the threshold.
-    await enqueue(['hang-1']);
-    await pollUntil(async () => (await queue.counts('active')).active === 1, { timeoutMs: 10_000, what: 'the hanging job to be taken' });
+    // Every processor slot (WORKER_CONCURRENCY 5) busy with jobs that take long, others waiting:
+    // a busy worker, not a stuck one, for longer than the threshold.
+    const hanging = ['hang-1', 'hang-2', 'hang-3', 'hang-4', 'hang-5'];
+    await enqueue(hanging);
+    await pollUntil(async () => (await queue.counts('active')).active === hanging.length, { timeoutMs: 10_000, what: 'the hanging jobs to be taken' });
     await enqueue(['queued-1', 'queued-2']);
     const whileBusy = await observeHealth(stuckAfterMs + 1500);
-    expect(await queue.counts('waiting', 'active')).toEqual({ waiting: 2, active: 1 });
+    expect(await queue.counts('waiting', 'active')).toEqual({ waiting: 2, active: hanging.length });
     expect(whileBusy.filter((status) => status !== 200), '/healthz with every job slot busy').toEqual([]);
 
     // Redis down: not ready (answered at once, not hung), still alive; ready again once it is back.

@@ -1,6 +1,6 @@
 import type { Logger } from '../shared/logger.js';
 import type { Operation, OperationRef } from '../shared/operation.js';
-import { connectionTag } from '../shared/keys.js';
+import { groupByConnection } from '../shared/keys.js';
 import { newBatchJobId, type OperationQueue } from '../shared/queue.js';
 import { inprogressOperation, type CreateResult, type OperationStore } from '../shared/store.js';
 
@@ -56,16 +56,13 @@ export class CreateBatcher implements Creates {
 
   private async commit(batch: Pending[]): Promise<void> {
     const jobId = newBatchJobId();
-    const byConnection = new Map<string, Pending[]>();
-    for (const entry of batch) {
-      const tag = connectionTag(entry.ref);
-      byConnection.set(tag, [...(byConnection.get(tag) ?? []), entry]);
-    }
-
     // One script per connection (each its own cluster slot), all in flight together.
     const created: { entry: Pending; createdAt: number }[] = [];
+    const byConnection = groupByConnection(batch.map((entry) => ({ ...entry.ref, entry }))).map((group) =>
+      group.map(({ entry }) => entry),
+    );
     await Promise.all(
-      [...byConnection.values()].map(async (entries) => {
+      byConnection.map(async (entries) => {
         try {
           const { results, createdAt } = await this.store.createMany(
             entries[0]!.ref,

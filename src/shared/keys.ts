@@ -32,6 +32,19 @@ export function parseConnectionTag(tag: string): ConnectionRef | undefined {
   return { tenantId, connectionId };
 }
 
+/** Items grouped by their connection, in first-seen order: each group is one cluster slot, so
+ *  one script or pipeline. */
+export function groupByConnection<T extends ConnectionRef>(items: T[]): T[][] {
+  const groups = new Map<string, T[]>();
+  for (const item of items) {
+    const tag = connectionTag(item);
+    const group = groups.get(tag);
+    if (group) group.push(item);
+    else groups.set(tag, [item]);
+  }
+  return [...groups.values()];
+}
+
 export function createKeys(prefix: string) {
   const connectionKey = (ref: ConnectionRef) => `${prefix}:v1:{${connectionTag(ref)}}`;
   return {

@@ -65,30 +65,46 @@ return created
 `;
 
 /**
- * finish: the one inprogress -> terminal transition. A terminal operation never changes again.
- * KEYS[1] operation hash, KEYS[2] inprogress status index, KEYS[3] target status index,
+ * finish: the one inprogress -> terminal transition, for one or many operations of one
+ * connection (a worker records the outcomes of a batch together). A terminal operation never
+ * changes again.
+ * KEYS[1] inprogress status index, KEYS[2] completed status index, KEYS[3] failed status index,
  * KEYS[4] index
- * ARGV[1] operation id, ARGV[2] terminal status, ARGV[3] errorDetail JSON or '', ARGV[4] now ms,
- * ARGV[5] retention ms, ARGV[6] operation key prefix, ARGV[7] index ttl ms
- * Returns 1 when this call finished it, 0 when it was already terminal, -1 when it is unknown.
+ * ARGV[1] now ms, ARGV[2] retention ms, ARGV[3] operation key prefix, ARGV[4] index ttl ms,
+ * then per operation: id, terminal status (completed|failed), errorDetail JSON or ''
+ * Returns one number per operation: 1 when this call finished it, 0 when it was already
+ * terminal, -1 when it is unknown (expired).
  */
 const FINISH = `${PRUNE_OLDEST}
-local status = redis.call('HGET', KEYS[1], 's')
-if not status then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return -1
+local now, retention, op_prefix, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local target_index = { completed = KEYS[2], failed = KEYS[3] }
+local results, touched = {}, {}
+for i = 5, #ARGV, 3 do
+  local id, target, error_json = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local key = op_prefix .. id
+  local status = redis.call('HGET', key, 's')
+  if not status then
+    redis.call('ZREM', KEYS[1], id)
+    results[#results + 1] = -1
+  elseif status ~= 'inprogress' then
+    results[#results + 1] = 0
+  else
+    redis.call('HSET', key, 's', target, 'u', now)
+    redis.call('HDEL', key, 'j')
+    if error_json ~= '' then redis.call('HSET', key, 'e', error_json) end
+    redis.call('PEXPIRE', key, retention)
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZADD', target_index[target], redis.call('HGET', key, 'c'), id)
+    touched[target_index[target]] = true
+    results[#results + 1] = 1
+  end
 end
-if status ~= 'inprogress' then return 0 end
-redis.call('HSET', KEYS[1], 's', ARGV[2], 'u', ARGV[4])
-redis.call('HDEL', KEYS[1], 'j')
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'e', ARGV[3]) end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'c'), ARGV[1])
-prune_oldest(KEYS[3], ARGV[6], 2)
-redis.call('PEXPIRE', KEYS[3], ARGV[7])
-redis.call('PEXPIRE', KEYS[4], ARGV[7])
-return 1
+for index in pairs(touched) do
+  prune_oldest(index, op_prefix, 2)
+  redis.call('PEXPIRE', index, ttl)
+end
+redis.call('PEXPIRE', KEYS[4], ttl)
+return results
 `;
 
 /**

@@ -31,6 +31,12 @@ export interface ListPage {
 }
 
 export type CreateResult = 'created' | 'exists';
+
+export interface TerminalOutcome {
+  operationId: string;
+  status: TerminalStatus;
+  error?: ErrorDetail | undefined;
+}
 export type FinishResult = 'finished' | 'alreadyTerminal' | 'missing';
 
 export class OperationStore {
@@ -97,26 +103,41 @@ export class OperationStore {
 
   /** Moves an inprogress operation to its terminal status, once; later calls change nothing. */
   async finish(ref: OperationRef, status: TerminalStatus, error?: ErrorDetail): Promise<FinishResult> {
-    const result = await scripts.finish.run(
+    return (await this.finishMany(ref, [{ operationId: ref.operationId, status, error }]))[0]!;
+  }
+
+  /** `finish` for several operations of one connection, in one atomic script. */
+  async finishMany(connection: ConnectionRef, outcomes: TerminalOutcome[]): Promise<FinishResult[]> {
+    const reply = (await scripts.finish.run(
       this.redis,
       [
-        this.keys.operation(ref),
-        this.keys.statusIndex(ref, 'inprogress'),
-        this.keys.statusIndex(ref, status),
-        this.keys.index(ref),
+        this.keys.statusIndex(connection, 'inprogress'),
+        this.keys.statusIndex(connection, 'completed'),
+        this.keys.statusIndex(connection, 'failed'),
+        this.keys.index(connection),
       ],
       [
-        ref.operationId,
-        status,
-        error ? JSON.stringify(error) : '',
         this.now(),
         this.retentionMs,
-        this.keys.operationPrefix(ref),
+        this.keys.operationPrefix(connection),
         this.indexTtlMs,
+        ...outcomes.flatMap(({ operationId, status, error }) => [operationId, status, error ? JSON.stringify(error) : '']),
       ],
-    );
-    if (result === 1) return 'finished';
-    return result === 0 ? 'alreadyTerminal' : 'missing';
+    )) as number[];
+    return reply.map((result) => (result === 1 ? 'finished' : result === 0 ? 'alreadyTerminal' : 'missing'));
+  }
+
+  /** Several operations of one connection, read in one round trip (a pipeline: one slot). */
+  async getMany(connection: ConnectionRef, operationIds: string[]): Promise<(Operation | undefined)[]> {
+    const pipeline = this.redis.pipeline();
+    for (const operationId of operationIds) pipeline.hmget(this.keys.operation({ ...connection, operationId }), 's', 'e', 'c', 'u');
+    const replies = (await pipeline.exec()) ?? [];
+    return operationIds.map((operationId, i) => {
+      const [error, fields] = replies[i] ?? [new Error('no reply')];
+      if (error) throw error;
+      const [status, errorJson, createdAt, lastActionAt] = fields as (string | null)[];
+      return status ? toOperation(operationId, status, errorJson ?? '', createdAt, lastActionAt) : undefined;
+    });
   }
 
   /** One page of a connection's operations, newest first, optionally of one status. */

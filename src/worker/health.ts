@@ -17,7 +17,9 @@ export class ConsumptionMonitor {
 
   constructor(
     workers: Worker[],
-    private readonly capacity: number,
+    /** Jobs the worker takes at once right now (its BullMQ concurrency, which the worker lowers
+     *  while its processor slots are all busy). */
+    private readonly capacity: () => number,
     private readonly stuckAfterMs: number,
     private readonly waitingJobs: () => Promise<number>,
     private readonly now: () => number = Date.now,
@@ -44,7 +46,7 @@ export class ConsumptionMonitor {
    *  cannot be asked is a readiness problem, not a reason to restart the worker. */
   async isConsuming(): Promise<boolean> {
     if (this.now() - this.lastProgressAt < this.stuckAfterMs) return true;
-    if (this.running >= this.capacity) return true;
+    if (this.running >= this.capacity()) return true;
     try {
       // Bounded: the worker's connection waits through outages, so an unbounded count hung
       // /healthz for the whole outage (a probe timeout, counted as a failure: the worker was

@@ -3,11 +3,21 @@ export class Semaphore {
   private active = 0;
   private readonly waiting: (() => void)[] = [];
 
-  constructor(private readonly limit: number) {}
+  /** `onChange` runs whenever a slot is taken or freed, so the owner can react to pressure. */
+  constructor(
+    private readonly limit: number,
+    private readonly onChange: () => void = () => {},
+  ) {}
+
+  /** True while every slot is taken. */
+  get full(): boolean {
+    return this.active >= this.limit;
+  }
 
   async run<T>(task: () => Promise<T>): Promise<T> {
     if (this.active >= this.limit) await new Promise<void>((resolve) => this.waiting.push(resolve));
     else this.active++;
+    this.onChange();
     try {
       return await task();
     } finally {
@@ -15,6 +25,7 @@ export class Semaphore {
       const next = this.waiting.shift();
       if (next) next();
       else this.active--;
+      this.onChange();
     }
   }
 }

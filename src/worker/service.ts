@@ -68,7 +68,7 @@ export async function startWorker(config: Config, log: Logger, metrics: Metrics)
       // process has a fifth of WORKER_CONCURRENCY of them, and comparing with WORKER_CONCURRENCY
       // called a worker whose every slot was busy with a long job stuck (found by
       // test/faults.test.ts).
-      worker.workers.reduce((slots, shardWorker) => slots + shardWorker.concurrency, 0),
+      () => worker.workers.reduce((slots, shardWorker) => slots + shardWorker.concurrency, 0),
       // A worker that took nothing for two lock+stall cycles while jobs wait is stuck.
       2 * (config.WORKER_LOCK_DURATION_MS + config.WORKER_STALLED_INTERVAL_MS),
       async () => (await queue.counts('waiting')).waiting,

@@ -2,7 +2,8 @@ import { WaitingError, Worker, type Job } from 'bullmq';
 import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
-import type { ErrorDetail, OperationRef, TerminalStatus } from '../shared/operation.js';
+import { groupByConnection } from '../shared/keys.js';
+import type { ErrorDetail, Operation, OperationRef, TerminalStatus } from '../shared/operation.js';
 import {
   isBatch,
   queueName,
@@ -39,11 +40,19 @@ export interface WorkerDeps {
 /** After aborting the processors at the shutdown deadline, how long to wait for them to return
  *  before giving up on them (their jobs then stall and run again elsewhere). */
 const ABORT_GRACE_MS = 2000;
-/** BullMQ job slots are WORKER_CONCURRENCY divided by this (see below). */
-const JOB_SLOTS_DIVISOR = 5;
 
 /** What one attempt decided. `interrupted`: this process's shutdown aborted the processor. */
-type Outcome = { status: TerminalStatus; error?: ErrorDetail } | { retry: unknown } | { interrupted: unknown };
+type TerminalOutcome = { status: TerminalStatus; error?: ErrorDetail };
+type Outcome = TerminalOutcome | { retry: unknown } | { interrupted: unknown };
+
+/** One operation of a job: its attempt number, what the attempt decided (nothing when it was
+ *  already terminal) and how long the attempt took. */
+interface Run {
+  ref: OperationRef;
+  attempt: number;
+  outcome?: Outcome;
+  seconds: number;
+}
 
 export interface OperationWorker {
   /** One BullMQ worker per queue shard. */
@@ -66,14 +75,22 @@ export interface OperationWorker {
 export function createWorker({ connection, store, queue, processor, config, log, metrics }: WorkerDeps): OperationWorker {
   const shutdown = new AbortController();
   // Processor calls in flight in this process, whatever jobs they belong to: a batch must not
-  // multiply WORKER_CONCURRENCY.
-  const slots = new Semaphore(config.WORKER_CONCURRENCY);
+  // multiply WORKER_CONCURRENCY. While every slot is taken, the BullMQ workers take no new job
+  // (their concurrency drops to the jobs they hold), so a busy worker does not hoard batches
+  // that an idle worker could run; once a slot frees, they take jobs again.
+  const shards = config.QUEUE_SHARDS;
+  const jobSlots = Math.max(1, Math.ceil(config.WORKER_CONCURRENCY / shards));
+  const jobsHeld = Array.from({ length: shards }, () => 0);
+  const workers: Worker<JobData>[] = [];
+  const throttle = () => {
+    workers.forEach((worker, shard) => {
+      worker.concurrency = slots.full ? Math.max(1, jobsHeld[shard]!) : jobSlots;
+    });
+  };
+  const slots = new Semaphore(config.WORKER_CONCURRENCY, throttle);
 
   /** Runs one attempt of an operation that is inprogress. */
-  async function attempt(ref: OperationRef, attemptNumber: number): Promise<Outcome | undefined> {
-    const operation = await store.get(ref);
-    // Already terminal (a duplicate delivery, or a re-enqueue that raced a finish) or expired.
-    if (!operation || operation.status !== 'inprogress') return undefined;
+  async function attempt(ref: OperationRef, operation: Operation, attemptNumber: number): Promise<Outcome> {
     try {
       await slots.run(() =>
         processor({
@@ -98,35 +115,64 @@ export function createWorker({ connection, store, queue, processor, config, log,
     }
   }
 
-  /** Writes a terminal outcome. A Redis failure here throws, and BullMQ retries the job: the
-   *  processor may then see the operation again, which at-least-once delivery allows. */
-  async function record(ref: OperationRef, outcome: { status: TerminalStatus; error?: ErrorDetail }, fields: object) {
-    const finished = await store.finish(ref, outcome.status, outcome.error);
-    if (finished !== 'finished') {
-      log.info({ ...fields, result: finished }, 'operation was already terminal; its status is unchanged');
-      return;
-    }
-    metrics?.finished(outcome.status, outcome.error?.errorCode);
-    log.info({ ...fields, status: outcome.status, errorCode: outcome.error?.errorCode }, 'operation finished');
+  /**
+   * Runs a job's operations: per connection, one read of the records, the attempts of those
+   * still inprogress (already terminal: a duplicate delivery, or a re-enqueue that raced a
+   * finish, and the processor never sees them), then one write of the terminal outcomes.
+   * A Redis failure throws, and BullMQ retries the job: the processor may then see an operation
+   * again, which at-least-once delivery allows.
+   */
+  async function runOperations(refs: OperationRef[], attemptNumber: (ref: OperationRef) => number): Promise<Run[]> {
+    const groups = await Promise.all(
+      groupByConnection(refs).map(async (group) => {
+        const operations = await store.getMany(group[0]!, group.map((ref) => ref.operationId));
+        const runs = await Promise.all(
+          group.map(async (ref, i): Promise<Run> => {
+            const operation = operations[i];
+            const run: Run = { ref, attempt: attemptNumber(ref), seconds: 0 };
+            if (!operation || operation.status !== 'inprogress') return run;
+            const started = performance.now();
+            run.outcome = await attempt(ref, operation, run.attempt);
+            run.seconds = (performance.now() - started) / 1000;
+            return run;
+          }),
+        );
+        await record(group[0]!, runs);
+        return runs;
+      }),
+    );
+    return groups.flat();
   }
 
-  async function runOperation(ref: OperationRef, attemptNumber: number) {
-    const started = performance.now();
-    const outcome = await attempt(ref, attemptNumber);
-    const fields = { operationId: ref.operationId, connectionId: ref.connectionId, attempt: attemptNumber };
-    const seconds = (performance.now() - started) / 1000;
-    if (!outcome) {
-      log.debug(fields, 'operation already terminal; skipped');
-    } else if ('retry' in outcome) {
-      metrics?.processingDuration.observe({ outcome: 'retry' }, seconds);
-      log.info({ ...fields, durationMs: Math.round(seconds * 1000), status: 'retrying', err: outcome.retry }, 'operation attempt failed; will retry');
-    } else if ('status' in outcome) {
-      metrics?.processingDuration.observe({ outcome: outcome.status }, seconds);
-      await record(ref, outcome, { ...fields, durationMs: Math.round(seconds * 1000) });
-    } else {
-      log.warn({ ...fields, err: outcome.interrupted }, 'operation interrupted by shutdown; its job returns to the queue');
+  /** Writes the terminal outcomes of one connection's runs together, then logs every run. */
+  async function record(connection: OperationRef, runs: Run[]): Promise<void> {
+    const terminal = runs.filter((run): run is Run & { outcome: TerminalOutcome } => run.outcome !== undefined && 'status' in run.outcome);
+    const results =
+      terminal.length > 0
+        ? await store.finishMany(
+            connection,
+            terminal.map(({ ref, outcome }) => ({ operationId: ref.operationId, status: outcome.status, error: outcome.error })),
+          )
+        : [];
+    const resultOf = new Map<Run, string | undefined>(terminal.map((run, i) => [run, results[i]]));
+    for (const run of runs) {
+      const { ref, outcome } = run;
+      const fields = { operationId: ref.operationId, connectionId: ref.connectionId, attempt: run.attempt, durationMs: Math.round(run.seconds * 1000) };
+      if (!outcome) {
+        log.debug(fields, 'operation already terminal; skipped');
+      } else if ('retry' in outcome) {
+        metrics?.processingDuration.observe({ outcome: 'retry' }, run.seconds);
+        log.info({ ...fields, status: 'retrying', err: outcome.retry }, 'operation attempt failed; will retry');
+      } else if ('interrupted' in outcome) {
+        log.warn({ ...fields, err: outcome.interrupted }, 'operation interrupted by shutdown; its job returns to the queue');
+      } else if (resultOf.get(run) !== 'finished') {
+        log.info({ ...fields, result: resultOf.get(run) }, 'operation was already terminal; its status is unchanged');
+      } else {
+        metrics?.processingDuration.observe({ outcome: outcome.status }, run.seconds);
+        metrics?.finished(outcome.status, outcome.error?.errorCode);
+        log.info({ ...fields, status: outcome.status, errorCode: outcome.error?.errorCode }, 'operation finished');
+      }
     }
-    return outcome;
   }
 
   /** Back to the front of the wait list without counting an attempt; the WaitingError tells
@@ -138,21 +184,18 @@ export function createWorker({ connection, store, queue, processor, config, log,
   }
 
   async function handleOne(job: Job<OperationJobData>, token: string | undefined): Promise<void> {
-    const outcome = await runOperation(job.data, (job.data.attemptsBefore ?? 0) + job.attemptsMade + 1);
-    if (outcome && 'interrupted' in outcome) await requeue(job, token);
-    if (outcome && 'retry' in outcome) throw outcome.retry; // BullMQ applies the backoff
+    const [run] = await runOperations([job.data], () => (job.data.attemptsBefore ?? 0) + job.attemptsMade + 1);
+    if (run?.outcome && 'interrupted' in run.outcome) await requeue(job, token);
+    if (run?.outcome && 'retry' in run.outcome) throw run.outcome.retry; // BullMQ applies the backoff
   }
 
   async function handleBatch(job: Job<BatchJobData>, token: string | undefined): Promise<void> {
     const attemptNumber = job.attemptsMade + 1;
-    const outcomes = await Promise.all(job.data.batch.map((ref) => runOperation(ref, attemptNumber)));
-    const retries = job.data.batch.filter((_, i) => {
-      const outcome = outcomes[i];
-      return outcome !== undefined && 'retry' in outcome;
-    });
-    await Promise.all(retries.map((ref) => queue.enqueueRetry(ref, attemptNumber)));
+    const runs = await runOperations(job.data.batch, () => attemptNumber);
+    const retries = runs.filter((run) => run.outcome !== undefined && 'retry' in run.outcome);
+    await Promise.all(retries.map((run) => queue.enqueueRetry(run.ref, attemptNumber)));
     // Rerunning the batch skips the operations that finished.
-    if (outcomes.some((outcome) => outcome !== undefined && 'interrupted' in outcome)) await requeue(job, token);
+    if (runs.some((run) => run.outcome !== undefined && 'interrupted' in run.outcome)) await requeue(job, token);
   }
 
   async function handle(job: Job<JobData>, token: string | undefined): Promise<void> {
@@ -162,26 +205,33 @@ export function createWorker({ connection, store, queue, processor, config, log,
     else await handleOne(job as Job<OperationJobData>, token);
   }
 
-  // Every shard's queue gets its own BullMQ worker, and they share the process's job slots.
-  // Jobs are mostly batches (up to 25 operations), so a process takes at most a fifth of
-  // WORKER_CONCURRENCY jobs at a time: enough to keep WORKER_CONCURRENCY processor calls busy,
-  // while a worker never hoards batches it cannot start that an idle worker could run.
-  const shards = config.QUEUE_SHARDS;
-  const jobSlots = Math.max(1, Math.ceil(config.WORKER_CONCURRENCY / JOB_SLOTS_DIVISOR / shards));
-  const workers = Array.from({ length: shards }, (_, shard) => {
-    const worker = new Worker<JobData>(queueName(shard, shards), handle, {
-      connection,
-      prefix: config.REDIS_PREFIX,
-      concurrency: jobSlots,
-      lockDuration: config.WORKER_LOCK_DURATION_MS,
-      stalledInterval: config.WORKER_STALLED_INTERVAL_MS,
-      // A job whose worker died goes back to the queue twice; the third time BullMQ fails it
-      // and the reconciler takes over (reconciler.ts).
-      maxStalledCount: 2,
-    });
+  // Every shard's queue gets its own BullMQ worker; the process's job slots are split among them.
+  for (let shard = 0; shard < shards; shard++) {
+    const worker = new Worker<JobData>(
+      queueName(shard, shards),
+      async (job, token) => {
+        jobsHeld[shard]!++;
+        try {
+          await handle(job, token);
+        } finally {
+          jobsHeld[shard]!--;
+          throttle();
+        }
+      },
+      {
+        connection,
+        prefix: config.REDIS_PREFIX,
+        concurrency: jobSlots,
+        lockDuration: config.WORKER_LOCK_DURATION_MS,
+        stalledInterval: config.WORKER_STALLED_INTERVAL_MS,
+        // A job whose worker died goes back to the queue twice; the third time BullMQ fails it
+        // and the reconciler takes over (reconciler.ts).
+        maxStalledCount: 2,
+      },
+    );
     worker.on('error', (error) => log.warn({ err: error }, 'worker connection error'));
-    return worker;
-  });
+    workers.push(worker);
+  }
 
   async function close(timeoutMs: number): Promise<void> {
     const closing = Promise.all(workers.map((worker) => worker.close()));
