@@ -13,6 +13,12 @@ const REDACT = [
   'config.REDIS_URL',
 ];
 
+/** The buffered destination of each logger that has one, for flushing before exit. */
+const destinations = new WeakMap<Logger, { flushSync(): void }>();
+
+/** The longest a log line waits in the buffer. */
+const FLUSH_INTERVAL_MS = 200;
+
 /**
  * JSON lines by default, written asynchronously (a synchronous stdout write per request costs
  * throughput); `flushLogger` on shutdown writes what is buffered. `LOG_FORMAT=pretty` is for
@@ -23,12 +29,19 @@ export function createLogger(config: Pick<Config, 'LOG_LEVEL' | 'LOG_FORMAT'>, n
   if (config.LOG_FORMAT === 'pretty') {
     return pino({ ...options, transport: { target: 'pino-pretty', options: { colorize: true } } });
   }
-  return pino(options, pino.destination({ sync: false }));
+  // Lines are written 4 KiB at a time rather than one write each (a write per line was a tenth
+  // of the worker's CPU per operation), and at least every FLUSH_INTERVAL_MS when traffic is low.
+  const destination = pino.destination({ sync: false, minLength: 4096 });
+  setInterval(() => destination.flush(), FLUSH_INTERVAL_MS).unref();
+  const log = pino(options, destination);
+  destinations.set(log, destination);
+  return log;
 }
 
+/** Writes what is buffered, synchronously: call it right before process.exit. */
 export function flushLogger(log: Logger): void {
   try {
-    log.flush();
+    destinations.get(log)?.flushSync();
   } catch {
     // A destination that is not ready yet has nothing buffered.
   }
