@@ -90,4 +90,15 @@ describe('the worker health server', () => {
       expect(Date.now() - started, `${path} answered in (ms)`).toBeLessThan(1000);
     }
   });
+
+  it('serves /metrics, behind METRICS_TOKEN when one is set', async () => {
+    const monitor = new ConsumptionMonitor([], () => 1, STUCK_AFTER_MS, async () => 0);
+    const server = await startHealthServer({ port: 0, monitor, ready: async () => true, metrics: new Metrics({ processMetrics: false }), metricsToken: 'scrape-me' });
+    cleanups.push(() => server.close());
+    const url = `http://127.0.0.1:${server.port}/metrics`;
+    expect((await fetch(url)).status).toBe(401);
+    const allowed = await fetch(url, { headers: { authorization: 'Bearer scrape-me' } });
+    expect(allowed.status).toBe(200);
+    expect(await allowed.text()).toContain('operations_finished_total');
+  });
 });

@@ -1,8 +1,8 @@
-import { randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { Hono, type MiddlewareHandler } from 'hono';
 import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
-import type { Metrics } from '../shared/metrics.js';
+import { scrapeAllowed, type Metrics } from '../shared/metrics.js';
 import type { OperationStore } from '../shared/store.js';
 import type { Authenticator, Principal } from './auth.js';
 import type { Creates } from './create-batcher.js';
@@ -114,15 +114,11 @@ function authenticate(auth: Authenticator): MiddlewareHandler<AppEnv> {
 }
 
 function metricsEndpoint(metrics: Metrics, token: string | undefined): MiddlewareHandler<AppEnv> {
-  const expected = token ? Buffer.from(`Bearer ${token}`) : undefined;
   return async (c) => {
-    if (expected) {
-      const given = Buffer.from(c.req.header('authorization') ?? '');
-      if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-        throw new GraphError(401, 'InvalidAuthenticationToken', 'GET /metrics needs Authorization: Bearer <METRICS_TOKEN>.', {
-          'WWW-Authenticate': 'Bearer realm="metrics"',
-        });
-      }
+    if (!scrapeAllowed(c.req.header('authorization'), token)) {
+      throw new GraphError(401, 'InvalidAuthenticationToken', 'GET /metrics needs Authorization: Bearer <METRICS_TOKEN>.', {
+        'WWW-Authenticate': 'Bearer realm="metrics"',
+      });
     }
     return c.body(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType });
   };

@@ -1,3 +1,4 @@
+import { timingSafeEqual } from 'node:crypto';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { OperationQueue } from './queue.js';
 
@@ -78,4 +79,13 @@ export class Metrics {
       },
     });
   }
+}
+
+/** Whether a scrape may read the metrics: always when METRICS_TOKEN is unset, else only with
+ *  `Authorization: Bearer <METRICS_TOKEN>` (compared in constant time). */
+export function scrapeAllowed(authorization: string | undefined, token: string | undefined): boolean {
+  if (!token) return true;
+  const expected = Buffer.from(`Bearer ${token}`);
+  const given = Buffer.from(authorization ?? '');
+  return given.length === expected.length && timingSafeEqual(given, expected);
 }

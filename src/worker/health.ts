@@ -3,7 +3,7 @@ import { serve } from '@hono/node-server';
 import type { Worker } from 'bullmq';
 import { Hono } from 'hono';
 import type { Service } from '../shared/lifecycle.js';
-import type { Metrics } from '../shared/metrics.js';
+import { scrapeAllowed, type Metrics } from '../shared/metrics.js';
 
 /**
  * Liveness that looks at consumption, not only at a PING: a worker can stay connected and
@@ -86,10 +86,12 @@ export interface HealthServerOptions {
   monitor: ConsumptionMonitor;
   ready: () => Promise<boolean>;
   metrics: Metrics;
+  /** METRICS_TOKEN: protects /metrics as on the API. */
+  metricsToken?: string | undefined;
 }
 
 /** A worker process's /healthz (consuming?), /readyz (Redis answers) and /metrics. */
-export async function startHealthServer({ port, monitor, ready, metrics }: HealthServerOptions): Promise<Service & { port: number }> {
+export async function startHealthServer({ port, monitor, ready, metrics, metricsToken }: HealthServerOptions): Promise<Service & { port: number }> {
   const app = new Hono();
   app.get('/healthz', async (c) =>
     (await monitor.isConsuming()) ? c.json({ status: 'ok' }) : c.json({ status: 'stuck: jobs are waiting and none was taken' }, 503),
@@ -98,7 +100,11 @@ export async function startHealthServer({ port, monitor, ready, metrics }: Healt
   // /readyz hung instead of answering 503 (found by test/faults.test.ts).
   const isReady = () => answerWithin(ready(), REDIS_ANSWER_TIMEOUT_MS).catch(() => false);
   app.get('/readyz', async (c) => ((await isReady()) ? c.json({ status: 'ready' }) : c.json({ status: 'Redis is not answering' }, 503)));
-  app.get('/metrics', async (c) => c.body(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType }));
+  app.get('/metrics', async (c) =>
+    scrapeAllowed(c.req.header('authorization'), metricsToken)
+      ? c.body(await metrics.registry.metrics(), 200, { 'content-type': metrics.registry.contentType })
+      : c.json({ status: 'GET /metrics needs Authorization: Bearer <METRICS_TOKEN>' }, 401),
+  );
 
   const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
     const listening = serve({ fetch: app.fetch, port }, () => resolve(listening));

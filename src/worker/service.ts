@@ -76,7 +76,7 @@ export async function startWorker(config: Config, log: Logger, metrics: Metrics)
     // Not connected is not ready, at once: a PING would wait in the offline queue until Redis
     // is back (the health server bounds the wait for a connected but silent Redis).
     const ready = async () => redis.status === 'ready' && (await redis.ping().catch(() => '')) === 'PONG';
-    const server = await startHealthServer({ port: config.WORKER_HEALTH_PORT, monitor, ready, metrics });
+    const server = await startHealthServer({ port: config.WORKER_HEALTH_PORT, monitor, ready, metrics, metricsToken: config.METRICS_TOKEN });
     health = server;
     log.info({ port: server.port }, 'worker health server listening');
   }
