@@ -25,9 +25,9 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Redis } from 'ioredis';
 import { SignJWT } from 'jose';
 import { ConfigError, loadConfig, type Config } from '../src/shared/config.js';
+import { redisAnswers } from './redis-answers.js';
 
 const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
 const TSX_CLI = createRequire(import.meta.url).resolve('tsx/cli');
@@ -60,19 +60,6 @@ let stopping = false;
 
 function say(line = ''): void {
   process.stdout.write(`${line}\n`);
-}
-
-async function answers(url: string): Promise<boolean> {
-  const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 1000 });
-  client.on('error', () => {}); // a refused connection is an answer too: "no"
-  try {
-    await client.connect();
-    return (await client.ping()) === 'PONG';
-  } catch {
-    return false;
-  } finally {
-    client.disconnect();
-  }
 }
 
 /** A port the OS says is free right now on `host`, or undefined when `port` is taken. */
@@ -128,7 +115,7 @@ async function startThrowawayRedis(): Promise<ThrowawayRedis> {
       await stop();
       throw new Error(`redis-server exited at startup (code ${child.exitCode}, signal ${child.signalCode})`);
     }
-    if (await answers(url)) break;
+    if (await redisAnswers(url)) break;
     if (Date.now() > deadline) {
       await stop();
       throw new Error(`redis-server on port ${port} did not answer within 10 s`);
@@ -230,7 +217,7 @@ async function main(): Promise<void> {
   const requestedRedis = env.REDIS_URL || DEFAULT_REDIS_URL;
   const firstNode = requestedRedis.split(',')[0]?.trim() ?? requestedRedis;
   let redisLine: string;
-  if (await answers(firstNode)) {
+  if (await redisAnswers(firstNode)) {
     env.REDIS_URL = requestedRedis;
     redisLine = `${requestedRedis} (answered)`;
   } else {

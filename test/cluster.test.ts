@@ -13,10 +13,11 @@ import {
   createOperation,
   finishLogCounts,
   getStatus,
+  killWhenHolding,
   seenMoreThanOnce,
 } from './support/load.js';
-import { mapWithConcurrency, pollUntil, ProcessGroup, serviceEnv, type ServiceProcess } from './support/processes.js';
-import { startProcessorServer, type ProcessorCall, type ProcessorServer } from './support/processor-server.js';
+import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv, type ServiceProcess } from './support/processes.js';
+import { startProcessorServer, type ProcessorServer } from './support/processor-server.js';
 import { startRedisCluster, type RedisCluster } from './support/redis-cluster.js';
 import { freePort } from './support/redis-server.js';
 
@@ -27,18 +28,8 @@ import { freePort } from './support/redis-server.js';
  * complete every operation even when a worker is SIGKILLed.
  */
 
-const RETENTION_MS = 7 * 24 * 60 * 60 * 1000;
 const SHARDS = 6;
-/** Short timings so a killed worker's jobs come back within seconds (defaults are 30 s). */
-const TIMINGS = {
-  WORKER_LOCK_DURATION_MS: 2000,
-  WORKER_STALLED_INTERVAL_MS: 1000,
-  RECONCILE_INTERVAL_MS: 1000,
-  RECONCILE_AFTER_MS: 2000,
-  OPERATION_BACKOFF_MS: 50,
-  SHUTDOWN_TIMEOUT_MS: 5000,
-  WORKER_CONCURRENCY: 24,
-} as const;
+const WORKER_CONCURRENCY = 24;
 /** Generous deadlines: they bound a failing test on a busy two-core machine. */
 const START_TIMEOUT_MS = 30_000;
 const RECOVERY_DEADLINE_MS = 20_000;
@@ -96,7 +87,7 @@ function clientOfPort(port: number): Redis {
   return nodeClients[index]!;
 }
 
-function storeFor(prefix: string, client: RedisClient = redis, retentionMs = RETENTION_MS, now?: () => number): OperationStore {
+function storeFor(prefix: string, client: RedisClient = redis, retentionMs = SERVICE_RETENTION_MS, now?: () => number): OperationStore {
   return new OperationStore(client, { prefix, retentionMs, ...(now ? { now } : {}) });
 }
 
@@ -106,7 +97,7 @@ describe('the operation store on a three-master Redis Cluster', () => {
   it('creates, reads, finishes, lists and counts operations through a cluster client', async () => {
     // A clock that ticks on every read, so the creation order (newest first) is unambiguous.
     let clock = Date.now();
-    const store = storeFor(uniquePrefix(), redis, RETENTION_MS, () => clock++);
+    const store = storeFor(uniquePrefix(), redis, SERVICE_RETENTION_MS, () => clock++);
     const connection: ConnectionRef = { tenantId: TENANT, connectionId: 'clusterstore' };
     const ids = ['12345', 'op-1', 'op.2_~', 'op-3', 'op-4'];
     for (const operationId of ids) expect((await store.create({ ...connection, operationId })).result).toBe('created');
@@ -198,14 +189,7 @@ describe('the operation store on a three-master Redis Cluster', () => {
 describe('the service processes on the cluster with six queue shards', () => {
   const prefix = uniquePrefix();
   const group = new ProcessGroup(
-    serviceEnv({
-      REDIS_PREFIX: prefix,
-      AUTH_JWT_SECRET: TEST_SECRET,
-      HOST: '127.0.0.1',
-      LOG_LEVEL: 'info',
-      QUEUE_SHARDS: String(SHARDS),
-      ...Object.fromEntries(Object.entries(TIMINGS).map(([name, value]) => [name, String(value)])),
-    }),
+    testServiceEnv(prefix, { QUEUE_SHARDS: String(SHARDS), ...fastRecoveryEnv, WORKER_CONCURRENCY: String(WORKER_CONCURRENCY) }),
   );
   let baseUrl: string;
   let api: ServiceProcess;
@@ -228,7 +212,7 @@ describe('the service processes on the cluster with six queue shards', () => {
     api = apiProcess;
     workers = started;
     store = storeFor(prefix);
-    queue = new OperationQueue(redis, prefix, { attempts: 5, backoffMs: TIMINGS.OPERATION_BACKOFF_MS }, silentLog, SHARDS);
+    queue = new OperationQueue(redis, prefix, { attempts: 5, backoffMs: FAST_RECOVERY_TIMINGS.OPERATION_BACKOFF_MS }, silentLog, SHARDS);
   }, 60_000);
 
   afterAll(async () => {
@@ -255,16 +239,7 @@ describe('the service processes on the cluster with six queue shards', () => {
     // Kill worker-1 from inside the processor's handler once a good part of the load went
     // through and it holds calls: it certainly dies with work in flight.
     const victim = workers[0]!;
-    let killedAt: number | undefined;
-    let inFlightAtKill: ProcessorCall[] = [];
-    processor.onCall = () => {
-      if (killedAt !== undefined || processor.calls.length < 90) return;
-      const inFlight = processor.inFlight('worker-1');
-      if (inFlight.length < (processor.calls.length < 200 ? 5 : 1)) return;
-      inFlightAtKill = inFlight;
-      killedAt = Date.now();
-      victim.signal('SIGKILL');
-    };
+    const kill = killWhenHolding(processor, victim, { afterCalls: 90, lateAfterCalls: 200 });
 
     const bodies = connections.flatMap((connectionId, series) => createBodies(100, series + 1).map((body) => ({ connectionId, body })));
     const startedAt = Date.now();
@@ -274,11 +249,7 @@ describe('the service processes on the cluster with six queue shards', () => {
     expect(acknowledged, `creates not answered 201: ${JSON.stringify(outcomes.filter((o) => o.status !== 201).slice(0, 5))}`).toHaveLength(300);
     expect(acknowledged.map((outcome) => outcome.operationId)).toContain('1012345');
 
-    await pollUntil(() => killedAt !== undefined, {
-      timeoutMs: RECOVERY_DEADLINE_MS,
-      what: 'worker-1 to have calls in flight to kill it',
-      context: () => `calls: ${processor.calls.length}, in flight: ${processor.inFlight().length}`,
-    });
+    const { killedAt, inFlightAtKill } = await kill.waitForKill(RECOVERY_DEADLINE_MS);
     expect(await victim.waitForExit(5000)).toEqual({ code: null, signal: 'SIGKILL' });
 
     await pollUntil(
@@ -348,7 +319,7 @@ describe('the service processes on the cluster with six queue shards', () => {
     const killedIds = new Set(inFlightAtKill.map((call) => call.operationId));
     // Calls worker-1 had sent but not seen answered when it died: the snapshot taken at the kill,
     // plus requests already on their way that the processor read just after.
-    const unansweredAtKill = processor.calls.filter((call) => call.worker === 'worker-1' && (call.answeredAt ?? Infinity) >= killedAt!);
+    const unansweredAtKill = processor.calls.filter((call) => call.worker === 'worker-1' && (call.answeredAt ?? Infinity) >= killedAt);
     const lastActions = await Promise.all(
       acknowledged.map(async (outcome) => (await store.get({ ...refs(outcome.connectionId), operationId: outcome.operationId! }))!),
     );
@@ -361,10 +332,10 @@ describe('the service processes on the cluster with six queue shards', () => {
         `created in ${createMs} ms; processor calls per worker: ${[...shares].map(([w, n]) => `${w}=${n}`).join(', ')}; ` +
         `in flight on the killed worker: ${killedIds.size} at the kill, ${unansweredAtKill.length} counting requests already sent; ` +
         `ids the processor saw twice: ${seenMoreThanOnce(processor).length}; ` +
-        `kill -> killed worker's jobs terminal: ${recoveredAt - killedAt!} ms, ` +
-        `kill -> last operation terminal: ${Math.max(...lastActions.map((op) => op.lastActionAt)) - killedAt!} ms`,
+        `kill -> killed worker's jobs terminal: ${recoveredAt - killedAt} ms, ` +
+        `kill -> last operation terminal: ${Math.max(...lastActions.map((op) => op.lastActionAt)) - killedAt} ms`,
     );
-    expect(recoveredAt - killedAt!).toBeLessThan(TIMINGS.WORKER_LOCK_DURATION_MS + 3 * TIMINGS.WORKER_STALLED_INTERVAL_MS + 3000);
+    expect(recoveredAt - killedAt).toBeLessThan(FAST_RECOVERY_TIMINGS.WORKER_LOCK_DURATION_MS + 3 * FAST_RECOVERY_TIMINGS.WORKER_STALLED_INTERVAL_MS + 3000);
   }, 60_000);
 
   it('pages and filters a connection listing through the API on the cluster', async () => {

@@ -1,9 +1,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Redis } from 'ioredis';
 import { jwtVerify } from 'jose';
 import { afterEach, describe, expect, inject, it } from 'vitest';
+import { redisAnswers } from '../scripts/redis-answers.js';
 import { uniquePrefix } from './support/context.js';
 import { processExists, RunningProcess } from './support/child-process.js';
 import { REPO_ROOT } from './support/deployment.js';
@@ -49,19 +49,6 @@ afterEach(async () => {
   }
   for (const cleanup of cleanups.splice(0)) cleanup();
 });
-
-async function redisAnswers(url: string): Promise<boolean> {
-  const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 1000 });
-  client.on('error', () => {});
-  try {
-    await client.connect();
-    return (await client.ping()) === 'PONG';
-  } catch {
-    return false;
-  } finally {
-    client.disconnect();
-  }
-}
 
 describe('npm run dev', () => {
   it('starts a throwaway redis-server when none answers, prints a token and curl commands that work, and stops everything on SIGINT', async () => {

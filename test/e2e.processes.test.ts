@@ -4,9 +4,10 @@ import type { OperationRef } from '../src/shared/operation.js';
 import { OperationQueue } from '../src/shared/queue.js';
 import { createRedis, waitUntilReady, type RedisClient } from '../src/shared/redis.js';
 import { OperationStore } from '../src/shared/store.js';
-import { signToken, silentLog, TENANT, TEST_SECRET, uniquePrefix } from './support/context.js';
-import { mapWithConcurrency, pollUntil, ProcessGroup, serviceEnv, type ServiceProcess } from './support/processes.js';
-import { startProcessorServer, type ProcessorCall, type ProcessorServer } from './support/processor-server.js';
+import { signToken, silentLog, TENANT, uniquePrefix } from './support/context.js';
+import { killWhenHolding } from './support/load.js';
+import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv, type ServiceProcess } from './support/processes.js';
+import { startProcessorServer, type ProcessorServer } from './support/processor-server.js';
 import { freePort, startRedisServer, type RedisServer } from './support/redis-server.js';
 
 /**
@@ -15,17 +16,7 @@ import { freePort, startRedisServer, type RedisServer } from './support/redis-se
  * operation the API answered 201 reaches a terminal status, once, and nothing stays inprogress.
  */
 
-/** Short timings so a killed worker's jobs come back within seconds (defaults are 30 s). */
-const TIMINGS = {
-  WORKER_LOCK_DURATION_MS: 2000,
-  WORKER_STALLED_INTERVAL_MS: 1000,
-  RECONCILE_INTERVAL_MS: 1000,
-  RECONCILE_AFTER_MS: 2000,
-  OPERATION_BACKOFF_MS: 50,
-  SHUTDOWN_TIMEOUT_MS: 5000,
-  WORKER_CONCURRENCY: 20,
-} as const;
-const RETENTION_MS = 7 * 24 * 60 * 60 * 1000;
+const WORKER_CONCURRENCY = 20;
 const CONNECTION_ID = 'e2eprocesses';
 const CREATE_CONCURRENCY = 16;
 /** Generous deadlines: they bound a failing test on a busy machine; a passing one is far quicker. */
@@ -63,17 +54,10 @@ beforeEach(({ onTestFailed }) => {
   connection = { tenantId: TENANT, connectionId: CONNECTION_ID };
   processor.reset();
   group = new ProcessGroup(
-    serviceEnv({
-      REDIS_URL: redisServer.url,
-      REDIS_PREFIX: prefix,
-      AUTH_JWT_SECRET: TEST_SECRET,
-      HOST: '127.0.0.1',
-      LOG_LEVEL: 'info',
-      ...Object.fromEntries(Object.entries(TIMINGS).map(([name, value]) => [name, String(value)])),
-    }),
+    testServiceEnv(prefix, { REDIS_URL: redisServer.url, ...fastRecoveryEnv, WORKER_CONCURRENCY: String(WORKER_CONCURRENCY) }),
   );
-  store = new OperationStore(redis, { prefix, retentionMs: RETENTION_MS });
-  queue = new OperationQueue(redis, prefix, { attempts: 5, backoffMs: TIMINGS.OPERATION_BACKOFF_MS }, silentLog);
+  store = new OperationStore(redis, { prefix, retentionMs: SERVICE_RETENTION_MS });
+  queue = new OperationQueue(redis, prefix, { attempts: 5, backoffMs: FAST_RECOVERY_TIMINGS.OPERATION_BACKOFF_MS }, silentLog);
   // The children's output explains most failures; print it only then.
   onTestFailed(() => console.log(`[e2e] output of the test's processes:\n${group.describe()}`));
 });
@@ -189,19 +173,8 @@ describe('service processes under crashes', () => {
     ]);
 
     // Kill worker-1 from inside the processor's request handler, once a good part of the load
-    // went through and worker-1 has calls in flight: nothing can answer those calls between the
-    // snapshot and the signal, so worker-1 certainly dies holding them. How many it holds
-    // depends on how fast the API takes creates on a busy machine: wait for 5, settle for 1 late.
-    let killedAt: number | undefined;
-    let inFlightAtKill: ProcessorCall[] = [];
-    processor.onCall = () => {
-      if (killedAt !== undefined || processor.calls.length < 100) return;
-      const inFlight = processor.inFlight('worker-1');
-      if (inFlight.length < (processor.calls.length < 250 ? 5 : 1)) return;
-      inFlightAtKill = inFlight;
-      killedAt = Date.now();
-      victim.signal('SIGKILL');
-    };
+    // went through and worker-1 has calls in flight: it certainly dies holding them.
+    const kill = killWhenHolding(processor, victim, { afterCalls: 100, lateAfterCalls: 250 });
 
     const outcomes = await mapWithConcurrency(createBodies(400), CREATE_CONCURRENCY, (body) => createOperation(baseUrl, body));
     const acknowledged = outcomes.filter((outcome) => outcome.status === 201).map((outcome) => outcome.operationId!);
@@ -209,11 +182,7 @@ describe('service processes under crashes', () => {
     expect(new Set(acknowledged).size).toBe(400);
     expect(acknowledged).toContain('12345');
 
-    await pollUntil(() => killedAt !== undefined, {
-      timeoutMs: RECOVERY_DEADLINE_MS,
-      what: 'worker-1 to have calls in flight to kill it',
-      context: () => `calls: ${processor.calls.length}, in flight: ${processor.inFlight().length}`,
-    });
+    const { killedAt, inFlightAtKill } = await kill.waitForKill(RECOVERY_DEADLINE_MS);
     expect(await victim.waitForExit(5000)).toEqual({ code: null, signal: 'SIGKILL' });
     const unfinishedAtKill = new Set(inFlightAtKill.map((call) => call.operationId));
 
@@ -241,19 +210,19 @@ describe('service processes under crashes', () => {
     const finishedTwice = [...finishLogCounts([victim, survivor])].filter(([, count]) => count > 1);
     expect(finishedTwice).toEqual([]);
     const secondRuns = processor.calls.filter((call) => unfinishedAtKill.has(call.operationId) && call.worker === 'worker-2');
-    expect(secondRuns.every((call) => call.receivedAt >= killedAt!)).toBe(true);
+    expect(secondRuns.every((call) => call.receivedAt >= killedAt)).toBe(true);
 
     const lastActions = await Promise.all(acknowledged.map(async (id) => (await store.get(refOf(id)))!.lastActionAt));
     const recoveredAt = Math.max(...(await Promise.all([...unfinishedAtKill].map(async (id) => (await store.get(refOf(id)))!.lastActionAt))));
     console.log(
       `[e2e worker SIGKILL] acknowledged ${acknowledged.length}, completed ${statuses.filter((s) => s === 'completed').length}, ` +
         `lost 0; in flight on the killed worker: ${unfinishedAtKill.size}; ids the processor saw twice: ` +
-        `${duplicatesSeenByProcessor(acknowledged).length}; kill -> killed worker's jobs terminal: ${recoveredAt - killedAt!} ms, ` +
-        `kill -> last operation terminal: ${Math.max(...lastActions) - killedAt!} ms ` +
-        `(lock ${TIMINGS.WORKER_LOCK_DURATION_MS} ms, stalled interval ${TIMINGS.WORKER_STALLED_INTERVAL_MS} ms)`,
+        `${duplicatesSeenByProcessor(acknowledged).length}; kill -> killed worker's jobs terminal: ${recoveredAt - killedAt} ms, ` +
+        `kill -> last operation terminal: ${Math.max(...lastActions) - killedAt} ms ` +
+        `(lock ${FAST_RECOVERY_TIMINGS.WORKER_LOCK_DURATION_MS} ms, stalled interval ${FAST_RECOVERY_TIMINGS.WORKER_STALLED_INTERVAL_MS} ms)`,
     );
     // A dead worker's jobs come back after the lock expires and a stalled check runs.
-    expect(recoveredAt - killedAt!).toBeLessThan(TIMINGS.WORKER_LOCK_DURATION_MS + 3 * TIMINGS.WORKER_STALLED_INTERVAL_MS + 2000);
+    expect(recoveredAt - killedAt).toBeLessThan(FAST_RECOVERY_TIMINGS.WORKER_LOCK_DURATION_MS + 3 * FAST_RECOVERY_TIMINGS.WORKER_STALLED_INTERVAL_MS + 2000);
   }, TEST_TIMEOUT_MS);
 
   it('completes every operation the API acknowledged before it was SIGKILLed, and ones stored but never enqueued', async () => {
@@ -319,7 +288,7 @@ describe('service processes under crashes', () => {
     const storedUnacknowledged = stored.filter((id) => !acknowledged.includes(id) && !outboxIds.includes(id));
     for (const id of outboxIds) expect((await store.get(refOf(id)))?.status).toBe('completed');
     const outboxDoneAt = Math.max(...(await Promise.all(outboxIds.map(async (id) => (await store.get(refOf(id)))!.lastActionAt))));
-    expect(outboxDoneAt - outboxCreatedAt).toBeGreaterThanOrEqual(TIMINGS.RECONCILE_AFTER_MS);
+    expect(outboxDoneAt - outboxCreatedAt).toBeGreaterThanOrEqual(FAST_RECOVERY_TIMINGS.RECONCILE_AFTER_MS);
     const repaired = await worker.waitForLog((line) => line.msg === 'reconciler repaired operations', 5000, 'a reconciler repair');
     expect(Number(repaired.enqueued)).toBeGreaterThanOrEqual(1);
     const seen = processor.timesSeen();
@@ -329,7 +298,7 @@ describe('service processes under crashes', () => {
       `[e2e API SIGKILL] acknowledged ${acknowledged.length} (all completed), unanswered ${unanswered.length} ` +
         `(of which stored anyway and completed: ${storedUnacknowledged.length}); outbox records completed by the reconciler ` +
         `${outboxIds.length}/${outboxIds.length}, ${outboxDoneAt - outboxCreatedAt} ms after they were written ` +
-        `(reconcile after ${TIMINGS.RECONCILE_AFTER_MS} ms, every ${TIMINGS.RECONCILE_INTERVAL_MS} ms); ` +
+        `(reconcile after ${FAST_RECOVERY_TIMINGS.RECONCILE_AFTER_MS} ms, every ${FAST_RECOVERY_TIMINGS.RECONCILE_INTERVAL_MS} ms); ` +
         `ids the processor saw twice: ${duplicatesSeenByProcessor(stored).length}`,
     );
   }, TEST_TIMEOUT_MS);
@@ -354,10 +323,10 @@ describe('service processes under crashes', () => {
     const inFlightIds = inFlight.map((call) => call.operationId);
     const signalledAt = Date.now();
     expect(worker.signal('SIGTERM')).toBe(true);
-    const exit = await worker.waitForExit(TIMINGS.SHUTDOWN_TIMEOUT_MS + 2000);
+    const exit = await worker.waitForExit(FAST_RECOVERY_TIMINGS.SHUTDOWN_TIMEOUT_MS + 2000);
     const shutdownMs = Date.now() - signalledAt;
     expect(exit, worker.output()).toEqual({ code: 0, signal: null });
-    expect(shutdownMs).toBeLessThan(TIMINGS.SHUTDOWN_TIMEOUT_MS);
+    expect(shutdownMs).toBeLessThan(FAST_RECOVERY_TIMINGS.SHUTDOWN_TIMEOUT_MS);
     expect(worker.logs.some((line) => line.msg === 'stopped')).toBe(true);
     expect(worker.logs.some((line) => /aborting/.test(String(line.msg)))).toBe(false);
 
@@ -376,11 +345,11 @@ describe('service processes under crashes', () => {
 
     // The API also stops cleanly on SIGTERM.
     expect(api.signal('SIGTERM')).toBe(true);
-    expect(await api.waitForExit(TIMINGS.SHUTDOWN_TIMEOUT_MS + 2000)).toEqual({ code: 0, signal: null });
+    expect(await api.waitForExit(FAST_RECOVERY_TIMINGS.SHUTDOWN_TIMEOUT_MS + 2000)).toEqual({ code: 0, signal: null });
 
     console.log(
       `[e2e worker SIGTERM] in flight at SIGTERM ${inFlightIds.length}, all completed before exit; exit 0 after ${shutdownMs} ms ` +
-        `(timeout ${TIMINGS.SHUTDOWN_TIMEOUT_MS} ms); left queued ${waiting}, completed by a new worker; duplicates 0`,
+        `(timeout ${FAST_RECOVERY_TIMINGS.SHUTDOWN_TIMEOUT_MS} ms); left queued ${waiting}, completed by a new worker; duplicates 0`,
     );
   });
 

@@ -9,7 +9,7 @@ import { createRedis, waitUntilReady, type RedisClient } from '../src/shared/red
 import { OperationStore } from '../src/shared/store.js';
 import { signToken, silentLog, TENANT, TEST_SECRET, uniquePrefix } from './support/context.js';
 import { CreateLoad, maxLatency, Prober, within, type RequestRecord } from './support/fault-load.js';
-import { mapWithConcurrency, pollUntil, ProcessGroup, serviceEnv, type ServiceProcess } from './support/processes.js';
+import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, serviceEnv, testServiceEnv, type ServiceProcess } from './support/processes.js';
 import { freePort, startRedisServer, type RedisServer } from './support/redis-server.js';
 
 /**
@@ -21,17 +21,7 @@ import { freePort, startRedisServer, type RedisServer } from './support/redis-se
  * many and when they were acknowledged).
  */
 
-/** Short timings, as in test/e2e.processes.test.ts (defaults are 30 s and 15 s). */
-const TIMINGS = {
-  WORKER_LOCK_DURATION_MS: 2000,
-  WORKER_STALLED_INTERVAL_MS: 1000,
-  RECONCILE_INTERVAL_MS: 1000,
-  RECONCILE_AFTER_MS: 2000,
-  OPERATION_BACKOFF_MS: 50,
-  SHUTDOWN_TIMEOUT_MS: 5000,
-  WORKER_CONCURRENCY: 10,
-} as const;
-const RETENTION_MS = 7 * 24 * 60 * 60 * 1000;
+const WORKER_CONCURRENCY = 10;
 const CONNECTION_ID = 'faults';
 const connection: ConnectionRef = { tenantId: TENANT, connectionId: CONNECTION_ID };
 /** The outage the brief asks for: long against every timeout and reconnect backoff involved. */
@@ -129,20 +119,17 @@ async function deploy({
   cleanups.push(async () => redis.disconnect());
   await waitUntilReady(redis);
   const prefix = uniquePrefix();
-  const store = new OperationStore(redis, { prefix, retentionMs: RETENTION_MS });
-  const queue = new OperationQueue(redis, prefix, { attempts: 5, backoffMs: TIMINGS.OPERATION_BACKOFF_MS }, silentLog);
+  const store = new OperationStore(redis, { prefix, retentionMs: SERVICE_RETENTION_MS });
+  const queue = new OperationQueue(redis, prefix, { attempts: 5, backoffMs: FAST_RECOVERY_TIMINGS.OPERATION_BACKOFF_MS }, silentLog);
   cleanups.push(() => queue.close());
 
   group = new ProcessGroup(
-    serviceEnv({
+    testServiceEnv(prefix, {
       REDIS_URL: redisUrl ? redisUrl(redisServer) : redisServer.url,
-      REDIS_PREFIX: prefix,
-      AUTH_JWT_SECRET: TEST_SECRET,
-      HOST: '127.0.0.1',
-      LOG_LEVEL: 'info',
       PROCESSOR_MODULE: processorModule,
       FAULT_PROCESSOR_DELAY_MS: '20',
-      ...Object.fromEntries(Object.entries(TIMINGS).map(([name, value]) => [name, String(value)])),
+      ...fastRecoveryEnv,
+      WORKER_CONCURRENCY: String(WORKER_CONCURRENCY),
     }),
   );
   const apiPort = await freePort();

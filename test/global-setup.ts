@@ -1,5 +1,5 @@
 import type { TestProject } from 'vitest/node';
-import { Redis } from 'ioredis';
+import { redisAnswers } from '../scripts/redis-answers.js';
 import { startRedisServer, type RedisServer } from './support/redis-server.js';
 
 declare module 'vitest' {
@@ -23,7 +23,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
     return container.stop;
   }
   const fromEnv = process.env.REDIS_URL;
-  if (fromEnv && (await answers(fromEnv))) {
+  if (fromEnv && (await redisAnswers(fromEnv))) {
     project.provide('redisUrl', fromEnv);
     console.log(`[test setup] Redis: REDIS_URL (${fromEnv}); no Docker engine answered`);
     return async () => {};
@@ -45,16 +45,4 @@ async function startContainerIfDockerAnswers(): Promise<{ url: string; stop: () 
   const { RedisContainer } = await import('@testcontainers/redis');
   const container = await new RedisContainer('redis:7-alpine').start();
   return { url: container.getConnectionUrl(), stop: async () => void (await container.stop()) };
-}
-
-async function answers(url: string): Promise<boolean> {
-  const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 1000 });
-  try {
-    await client.connect();
-    return (await client.ping()) === 'PONG';
-  } catch {
-    return false;
-  } finally {
-    client.disconnect();
-  }
 }

@@ -3,9 +3,9 @@ import type { ConnectionRef } from '../src/shared/keys.js';
 import { OperationQueue } from '../src/shared/queue.js';
 import { createRedis, waitUntilReady, type RedisClient } from '../src/shared/redis.js';
 import { OperationStore } from '../src/shared/store.js';
-import { signToken, silentLog, TENANT, TEST_SECRET, uniquePrefix } from './support/context.js';
+import { signToken, silentLog, TENANT, uniquePrefix } from './support/context.js';
 import { callsPerWorker, createBodies, createOperation, finishLogCounts, seenMoreThanOnce } from './support/load.js';
-import { mapWithConcurrency, pollUntil, ProcessGroup, serviceEnv } from './support/processes.js';
+import { mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv } from './support/processes.js';
 import { startProcessorServer, type ProcessorServer } from './support/processor-server.js';
 import { freePort, startRedisServer, type RedisServer } from './support/redis-server.js';
 
@@ -16,7 +16,6 @@ import { freePort, startRedisServer, type RedisServer } from './support/redis-se
  * queue or consume several queue shards.
  */
 
-const RETENTION_MS = 7 * 24 * 60 * 60 * 1000;
 const OPERATIONS = 600;
 const CONNECTIONS = ['scaleone', 'scaletwo'];
 const CREATE_CONCURRENCY = 16;
@@ -67,12 +66,8 @@ async function runLoad(workerCount: number, shards: number, onTestFailed: (fn: (
   const prefix = uniquePrefix();
   processor.reset();
   const processes = new ProcessGroup(
-    serviceEnv({
+    testServiceEnv(prefix, {
       REDIS_URL: redisServer.url,
-      REDIS_PREFIX: prefix,
-      AUTH_JWT_SECRET: TEST_SECRET,
-      HOST: '127.0.0.1',
-      LOG_LEVEL: 'info',
       QUEUE_SHARDS: String(shards),
       WORKER_CONCURRENCY: String(WORKER_CONCURRENCY),
       OPERATION_BACKOFF_MS: '50',
@@ -80,7 +75,7 @@ async function runLoad(workerCount: number, shards: number, onTestFailed: (fn: (
   );
   group = processes;
   onTestFailed(() => console.log(`[scale] output of the processes:\n${processes.describe()}`));
-  const store = new OperationStore(redis, { prefix, retentionMs: RETENTION_MS });
+  const store = new OperationStore(redis, { prefix, retentionMs: SERVICE_RETENTION_MS });
   const queue = new OperationQueue(redis, prefix, { attempts: 5, backoffMs: 50 }, silentLog, shards);
   try {
     const apiPort = await freePort();

@@ -1,20 +1,24 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import type { ExitInfo } from './processes.js';
 
 /** How much of a child's output a failure message quotes. */
 const OUTPUT_TAIL_CHARS = 8000;
 
+export interface ExitInfo {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
 /**
  * Any command as a child process (a built `node dist/...`, `npm run dev`): its output captured,
- * waits with deadlines, and a kill for cleanup. test/support/processes.ts does the same for the
- * service's own entry points run from source.
+ * waits with deadlines, and a kill for cleanup. ServiceProcess (test/support/processes.ts) builds
+ * on it for the service's own entry points run from source, adding their JSON log lines.
  */
 export class RunningProcess {
   readonly child: ChildProcess;
   stdout = '';
   stderr = '';
   private exitInfo: ExitInfo | undefined;
-  private readonly exited: Promise<ExitInfo>;
+  protected readonly exited: Promise<ExitInfo>;
   private readonly outputListeners = new Set<() => void>();
 
   constructor(
@@ -31,6 +35,7 @@ export class RunningProcess {
         this.exitInfo = { code, signal };
         resolve(this.exitInfo);
       });
+      // A spawn that fails (no such binary) never emits exit.
       this.child.once('error', (error) => {
         this.stderr += `spawn error: ${error.message}\n`;
         this.exitInfo ??= { code: -1, signal: null };
@@ -48,10 +53,11 @@ export class RunningProcess {
     return this.exitInfo;
   }
 
+  /** The last part of stdout and stderr, for failure messages. */
   output(): string {
     const tail = (text: string) => (text.length > OUTPUT_TAIL_CHARS ? `…${text.slice(-OUTPUT_TAIL_CHARS)}` : text);
     const state = this.exitInfo ? `exited ${JSON.stringify(this.exitInfo)}` : 'running';
-    return `--- ${this.name} (pid ${this.pid}, ${state}) stdout:\n${tail(this.stdout)}\n--- ${this.name} stderr:\n${tail(this.stderr)}`;
+    return `--- ${this.name} (${this.label()}, ${state}) stdout:\n${tail(this.stdout)}\n--- ${this.name} stderr:\n${tail(this.stderr)}`;
   }
 
   /** Resolves with the first match of `pattern` in stdout (already written or still to come);
@@ -104,7 +110,12 @@ export class RunningProcess {
     await this.exited;
   }
 
-  private onOutput(stream: 'stdout' | 'stderr', chunk: string): void {
+  /** What the header of output() says about the process besides its name and state. */
+  protected label(): string {
+    return `pid ${this.pid}`;
+  }
+
+  protected onOutput(stream: 'stdout' | 'stderr', chunk: string): void {
     this[stream] += chunk;
     for (const listener of this.outputListeners) listener();
   }

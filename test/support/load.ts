@@ -1,10 +1,10 @@
-import type { ServiceProcess } from './processes.js';
-import type { ProcessorServer } from './processor-server.js';
+import { pollUntil, type ServiceProcess } from './processes.js';
+import type { ProcessorCall, ProcessorServer } from './processor-server.js';
 
 /**
  * Client-side helpers for process tests that create operations through a real API and check
- * what became of them: create bodies, one create, one status read, and tallies of the workers'
- * logs and the processor's calls.
+ * what became of them: create bodies, one create, one status read, tallies of the workers'
+ * logs and the processor's calls, and a worker killed mid-load.
  */
 
 export type CreateBody = { id?: string };
@@ -79,4 +79,40 @@ export function callsPerWorker(processor: ProcessorServer): Map<string, number> 
  *  the operation id only, so a load gives every id it creates a distinct value (`series`). */
 export function seenMoreThanOnce(processor: ProcessorServer): string[] {
   return [...processor.timesSeen()].filter(([, times]) => times > 1).map(([id]) => id);
+}
+
+export interface KillMidLoad {
+  killedAt: number;
+  /** The victim's calls in flight when it was killed: it certainly died holding these. */
+  inFlightAtKill: ProcessorCall[];
+}
+
+/**
+ * Arms `processor` to SIGKILL `victim` from inside its request handler, once `afterCalls` calls
+ * came in and the victim holds 5 calls in flight (1 once `lateAfterCalls` came in: how many it
+ * holds depends on how fast the API takes creates on a busy machine). Nothing can answer those
+ * calls between the snapshot and the signal. The victim's PROCESSOR_URL must be
+ * `processor.urlFor(victim.name, …)`. `waitForKill` resolves once the signal was sent.
+ */
+export function killWhenHolding(
+  processor: ProcessorServer,
+  victim: ServiceProcess,
+  { afterCalls, lateAfterCalls }: { afterCalls: number; lateAfterCalls: number },
+): { waitForKill(timeoutMs: number): Promise<KillMidLoad> } {
+  let kill: KillMidLoad | undefined;
+  processor.onCall = () => {
+    if (kill !== undefined || processor.calls.length < afterCalls) return;
+    const inFlight = processor.inFlight(victim.name);
+    if (inFlight.length < (processor.calls.length < lateAfterCalls ? 5 : 1)) return;
+    kill = { killedAt: Date.now(), inFlightAtKill: inFlight };
+    victim.signal('SIGKILL');
+  };
+  return {
+    waitForKill: (timeoutMs) =>
+      pollUntil(() => kill, {
+        timeoutMs,
+        what: `${victim.name} to have calls in flight to kill it`,
+        context: () => `calls: ${processor.calls.length}, in flight: ${processor.inFlight().length}`,
+      }),
+  };
 }

@@ -1,5 +1,6 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { RunningProcess } from './child-process.js';
+import { TEST_SECRET } from './context.js';
 
 /**
  * Real service processes for end-to-end tests: spawn the API or a worker with `node --import tsx`
@@ -11,14 +12,6 @@ const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const ENTRYPOINTS = { api: 'src/api/main.ts', worker: 'src/worker/main.ts' } as const;
 export type ServiceRole = keyof typeof ENTRYPOINTS;
 
-/** How much of a child's output a failure message quotes. */
-const OUTPUT_TAIL_CHARS = 6000;
-
-export interface ExitInfo {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
-
 /** One pino JSON line of a child's stdout. */
 export type LogLine = Record<string, unknown> & { msg?: string; level?: number };
 
@@ -27,56 +20,19 @@ interface LogWaiter {
   resolve: (line: LogLine) => void;
 }
 
-export class ServiceProcess {
-  readonly child: ChildProcess;
+/** The API or a worker run from source: a RunningProcess whose stdout is also read as pino
+ *  JSON lines, so a test can wait for and count what the service logged. */
+export class ServiceProcess extends RunningProcess {
   readonly logs: LogLine[] = [];
-  private stdout = '';
-  private stderr = '';
   private partial = '';
   private waiters: LogWaiter[] = [];
-  private exitInfo: ExitInfo | undefined;
-  private readonly exited: Promise<ExitInfo>;
 
   constructor(
-    readonly name: string,
+    name: string,
     readonly role: ServiceRole,
     env: Record<string, string>,
   ) {
-    this.child = spawn(process.execPath, ['--import', 'tsx', ENTRYPOINTS[role]], {
-      cwd: REPO_ROOT,
-      env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    this.child.stdout?.setEncoding('utf8').on('data', (chunk: string) => this.onStdout(chunk));
-    this.child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (this.stderr += chunk));
-    this.exited = new Promise((resolve) => {
-      this.child.once('exit', (code, signal) => {
-        this.exitInfo = { code, signal };
-        resolve(this.exitInfo);
-      });
-      // A spawn that fails (no node binary) never emits exit.
-      this.child.once('error', (error) => {
-        this.stderr += `spawn error: ${error.message}\n`;
-        this.exitInfo ??= { code: -1, signal: null };
-        resolve(this.exitInfo);
-      });
-    });
-  }
-
-  get pid(): number | undefined {
-    return this.child.pid;
-  }
-
-  /** Undefined while the process runs. */
-  get exit(): ExitInfo | undefined {
-    return this.exitInfo;
-  }
-
-  /** The last part of stdout and stderr, for failure messages. */
-  output(): string {
-    const tail = (text: string) => (text.length > OUTPUT_TAIL_CHARS ? `…${text.slice(-OUTPUT_TAIL_CHARS)}` : text);
-    const state = this.exitInfo ? `exited ${JSON.stringify(this.exitInfo)}` : 'running';
-    return `--- ${this.name} (${this.role}, pid ${this.pid}, ${state}) stdout:\n${tail(this.stdout)}\n--- ${this.name} stderr:\n${tail(this.stderr)}`;
+    super(name, process.execPath, ['--import', 'tsx', ENTRYPOINTS[role]], { cwd: REPO_ROOT, env });
   }
 
   /** Resolves with the first log line (already written or still to come) that matches; rejects
@@ -108,38 +64,13 @@ export class ServiceProcess {
     }
   }
 
-  /** Resolves with the exit code and signal; rejects when the process still runs at the deadline. */
-  async waitForExit(timeoutMs: number): Promise<ExitInfo> {
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      return await Promise.race([
-        this.exited,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new Error(`${this.name} still runs ${timeoutMs} ms later\n${this.output()}`)),
-            timeoutMs,
-          );
-        }),
-      ]);
-    } finally {
-      clearTimeout(timer);
-    }
+  protected override label(): string {
+    return `${this.role}, ${super.label()}`;
   }
 
-  /** Sends a signal when the process still runs; true when it was sent. */
-  signal(signal: NodeJS.Signals): boolean {
-    if (this.exitInfo || this.child.exitCode !== null || this.child.signalCode !== null) return false;
-    return this.child.kill(signal);
-  }
-
-  /** SIGKILL (when still running) and wait for the exit. */
-  async kill(): Promise<void> {
-    this.signal('SIGKILL');
-    await this.exited;
-  }
-
-  private onStdout(chunk: string): void {
-    this.stdout += chunk;
+  protected override onOutput(stream: 'stdout' | 'stderr', chunk: string): void {
+    super.onOutput(stream, chunk);
+    if (stream !== 'stdout') return;
     const text = this.partial + chunk;
     const lines = text.split('\n');
     this.partial = lines.pop() ?? '';
@@ -221,6 +152,34 @@ export function serviceEnv(vars: Record<string, string>): Record<string, string>
   }
   return { ...env, ...vars };
 }
+
+/** serviceEnv for the service under test on its own key prefix: tokens signed with TEST_SECRET,
+ *  loopback only, and info logs (tests read the log lines). */
+export function testServiceEnv(prefix: string, vars: Record<string, string> = {}): Record<string, string> {
+  return serviceEnv({ REDIS_PREFIX: prefix, AUTH_JWT_SECRET: TEST_SECRET, HOST: '127.0.0.1', LOG_LEVEL: 'info', ...vars });
+}
+
+/**
+ * Timings short enough that a killed worker's jobs come back within seconds (the defaults are
+ * 30 s and 15 s): for tests that kill processes or Redis, which bound recovery by these numbers.
+ */
+export const FAST_RECOVERY_TIMINGS = {
+  WORKER_LOCK_DURATION_MS: 2000,
+  WORKER_STALLED_INTERVAL_MS: 1000,
+  RECONCILE_INTERVAL_MS: 1000,
+  RECONCILE_AFTER_MS: 2000,
+  OPERATION_BACKOFF_MS: 50,
+  SHUTDOWN_TIMEOUT_MS: 5000,
+} as const;
+
+/** FAST_RECOVERY_TIMINGS as the services' environment variables. */
+export const fastRecoveryEnv: Readonly<Record<string, string>> = Object.fromEntries(
+  Object.entries(FAST_RECOVERY_TIMINGS).map(([name, value]) => [name, String(value)]),
+);
+
+/** The retention the services run with (OPERATION_RETENTION_SECONDS' default, 7 days), for a
+ *  test's own OperationStore on their keys. */
+export const SERVICE_RETENTION_MS = 7 * 24 * 60 * 60 * 1000;
 
 export interface PollOptions {
   timeoutMs: number;
