@@ -1,0 +1,105 @@
+import { processCpuMicros } from '../lib/harness.js';
+import { postLoad } from '../lib/load.js';
+import { leastDisturbed } from '../lib/retry.js';
+import { cleanMedian, rotate, roundRatio } from '../lib/stats.js';
+import { startSystem, type BenchContext, type TargetKind } from '../lib/systems.js';
+
+/**
+ * Scenario 1: accept throughput. POST `{}` at concurrency 64 for a fixed time against the
+ * service (API + a running worker, LOG_LEVEL=info), the naive service (API + worker) and the
+ * bare Hono app, in alternation over several rounds, each on fresh processes and a flushed Redis.
+ */
+export interface AcceptOptions {
+  rounds: number;
+  durationS: number;
+  warmupS: number;
+  concurrency: number;
+}
+
+export interface AcceptRun {
+  rps: number;
+  non2xx: number;
+  errors: number;
+  p50: number;
+  p99: number;
+  /** CPU microseconds per accepted request during the measured window. */
+  cpuPerRequest: { api: number; worker: number; redis: number };
+  /** CPU used meanwhile by processes the bench did not start, in percent of one core. */
+  otherLoadPct: number;
+}
+
+export interface AcceptOutcome {
+  runs: Record<'service' | 'naive' | 'bare', AcceptRun[]>;
+  /** Medians over the undisturbed runs (all runs when none was). */
+  medianRps: Record<'service' | 'naive' | 'bare', number>;
+  /** service/naive and service/bare per round, and their median over undisturbed rounds. */
+  ratios: Record<'naive' | 'bare', { value: number; rounds: number[]; clean: number }>;
+  /** How many runs of each were undisturbed, as "clean/total". */
+  clean: Record<'service' | 'naive' | 'bare', string>;
+}
+
+const TARGETS = ['service', 'naive', 'bare'] as const satisfies readonly TargetKind[];
+
+export async function acceptScenario(ctx: BenchContext, options: AcceptOptions): Promise<AcceptOutcome> {
+  const runs: AcceptOutcome['runs'] = { service: [], naive: [], bare: [] };
+  for (let round = 0; round < options.rounds; round++) {
+    for (const kind of rotate(TARGETS, round)) {
+      const run = await leastDisturbed(ctx, `accept ${kind}`, () => acceptOnce(ctx, kind, options));
+      runs[kind].push(run);
+      ctx.log(
+        `  accept round ${round + 1} ${kind.padEnd(7)} ${run.rps.toFixed(0)} req/s` +
+          `  non-2xx ${run.non2xx}  errors ${run.errors}  p50 ${run.p50} ms  p99 ${run.p99} ms` +
+          `  CPU µs/req api ${run.cpuPerRequest.api.toFixed(0)} worker ${run.cpuPerRequest.worker.toFixed(0)} redis ${run.cpuPerRequest.redis.toFixed(0)}` +
+          `  other load ${run.otherLoadPct.toFixed(0)}%`,
+      );
+    }
+  }
+  const pick = (kind: (typeof TARGETS)[number]) => cleanMedian(runs[kind], (run) => run.rps, ctx.maxOtherLoadPct);
+  const [service, naive, bare] = [pick('service'), pick('naive'), pick('bare')];
+  return {
+    runs,
+    medianRps: { service: service.value, naive: naive.value, bare: bare.value },
+    ratios: {
+      naive: roundRatio(runs.service, runs.naive, (run) => run.rps, ctx.maxOtherLoadPct),
+      bare: roundRatio(runs.service, runs.bare, (run) => run.rps, ctx.maxOtherLoadPct),
+    },
+    clean: {
+      service: `${service.clean}/${service.total}`,
+      naive: `${naive.clean}/${naive.total}`,
+      bare: `${bare.clean}/${bare.total}`,
+    },
+  };
+}
+
+/** Fresh processes on a flushed Redis: warm up, then measure. */
+async function acceptOnce(ctx: BenchContext, kind: (typeof TARGETS)[number], options: AcceptOptions): Promise<AcceptRun> {
+  await ctx.redis.flushall();
+  const system = await startSystem(ctx, kind);
+  try {
+    const url = system.postUrl('benchconn');
+    await postLoad(ctx.harness, { url, token: ctx.token, connections: options.concurrency, durationS: options.warmupS });
+    const cpu = (pid: number | undefined) => (pid === undefined ? 0 : processCpuMicros(pid));
+    const before = { api: cpu(system.api?.pid), worker: cpu(system.worker?.pid), redis: cpu(ctx.redisPid) };
+    const otherLoad = ctx.harness.foreignCpu();
+    const result = await postLoad(ctx.harness, { url, token: ctx.token, connections: options.concurrency, durationS: options.durationS });
+    const otherLoadPct = otherLoad();
+    system.api?.assertRunning();
+    system.worker?.assertRunning();
+    const per = (now: number, then: number) => (now - then) / Math.max(result.ok, 1);
+    return {
+      rps: result.rps,
+      non2xx: result.non2xx,
+      errors: result.errors + result.timeouts,
+      p50: result.p50,
+      p99: result.p99,
+      cpuPerRequest: {
+        api: per(cpu(system.api?.pid), before.api),
+        worker: per(cpu(system.worker?.pid), before.worker),
+        redis: per(cpu(ctx.redisPid), before.redis),
+      },
+      otherLoadPct,
+    };
+  } finally {
+    await system.stop();
+  }
+}
