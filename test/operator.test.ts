@@ -5,7 +5,7 @@ import { buildOpenApiDocument } from '../src/api/openapi.js';
 import { graphErrorSchema, operationListSchema, operationResourceSchema } from '../src/api/schemas.js';
 import { Metrics } from '../src/shared/metrics.js';
 import { createOperationBodySchema } from '../src/shared/operation.js';
-import { createApiContext, type ApiContext } from './support/context.js';
+import { createApiContext, silentLog, type ApiContext } from './support/context.js';
 
 let ctx: ApiContext | undefined;
 afterEach(async () => {
@@ -116,6 +116,28 @@ describe('the Bull Board dashboard', () => {
   it('is absent unless credentials are configured', async () => {
     ctx = await createApiContext();
     expect((await ctx.app.request('/admin/queues')).status).toBe(404);
+  });
+
+  it('answers 401 with a Basic challenge in Graph error shape when mounted in the app', async () => {
+    const context = await createApiContext();
+    ctx = context;
+    const { createApp } = await import('../src/api/app.js');
+    const { jwtAuthenticator } = await import('../src/api/jwt-auth.js');
+    const app = createApp({
+      store: context.store,
+      creates: new CreateBatcher(context.store, context.queue, silentLog),
+      auth: jwtAuthenticator(context.config),
+      config: context.config,
+      log: silentLog,
+      ready: async () => true,
+      admin: adminRoutes({ queues: context.queue.queues, user: 'ops', password: 'pw', readOnly: true }),
+    });
+    const refused = await app.request('/admin/queues');
+    expect(refused.status).toBe(401);
+    expect(refused.headers.get('www-authenticate')).toMatch(/^Basic/);
+    expect(((await refused.json()) as { error: { code: string } }).error.code).toBe('unauthenticated');
+    const auth = { authorization: `Basic ${Buffer.from('ops:pw').toString('base64')}` };
+    expect((await app.request('/admin/queues', { headers: auth })).status).toBe(200);
   });
 
   it('asks for basic auth, then serves the board, its API and its assets read-only', async () => {

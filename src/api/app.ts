@@ -1,5 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Hono, type MiddlewareHandler } from 'hono';
+import { HTTPException } from 'hono/http-exception';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 import { scrapeAllowed, type Metrics } from '../shared/metrics.js';
@@ -71,6 +73,14 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
 
   app.notFound((c) => graphErrorResponse(c, new GraphError(404, 'notFound', `No route matches ${c.req.method} ${c.req.path}.`)));
   app.onError((error, c) => {
+    // Hono's own middleware (basic auth on /admin/queues) throws HTTPException: same Graph
+    // body, with its status and challenge header.
+    if (error instanceof HTTPException) {
+      const challenge = error.getResponse().headers.get('www-authenticate');
+      const status = error.status as ContentfulStatusCode;
+      const code = status === 401 ? 'unauthenticated' : status === 413 ? 'requestEntityTooLarge' : 'badRequest';
+      return graphErrorResponse(c, new GraphError(status, code, error.message || 'The request was refused.', challenge ? { 'WWW-Authenticate': challenge } : {}));
+    }
     if (error instanceof GraphError) {
       if (error.status >= 500) deps.log.warn({ err: error.cause ?? error, requestId: c.get('requestId') }, error.message);
       return graphErrorResponse(c, error);
