@@ -288,10 +288,20 @@ describe('every response', () => {
     expect(body.error.innerError['client-request-id']).toBe('abc-123');
   });
 
-  it('answers 405 with Allow for a known path and another method', async () => {
-    const response = await ctx.request(`${OPS}/op-1`, { method: 'DELETE' });
+  it.each([
+    ['DELETE', `${OPS}/op-1`, 'GET'],
+    ['PATCH', OPS, 'GET, POST'],
+    ['DELETE', `${OPS}/$ref`, 'POST'],
+    ['PUT', '/beta/connections/contosohr/operations', 'GET, POST'],
+  ])('answers 405 to %s %s with Allow: %s', async (method, path, allow) => {
+    const response = await ctx.request(path, { method });
     await expectGraphError(response, 405, 'methodNotAllowed');
-    expect(response.headers.get('allow')).toBe('GET');
+    expect(response.headers.get('allow')).toBe(allow);
+  });
+
+  it('routes with the RegExpRouter, not the slower trie fallback', async () => {
+    await ctx.app.request('/healthz');
+    expect((ctx.app.router as unknown as { activeRouter: { name: string } }).activeRouter.name).toBe('RegExpRouter');
   });
 
   it('answers healthz and readyz without a token', async () => {

@@ -65,13 +65,19 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       app.use(`${base}/*`, authenticate(deps.auth));
       if (deps.rateLimit) app.use(`${base}/*`, deps.rateLimit);
       app.route(base, operations);
-      // A known path with another method is 405, as Graph answers, not an unknown route.
-      app.all(`${base}/:connectionId/operations`, methodNotAllowed('GET, POST'));
-      app.all(`${base}/:connectionId/operations/:operationId`, methodNotAllowed('GET'));
     }
   }
 
-  app.notFound((c) => graphErrorResponse(c, new GraphError(404, 'notFound', `No route matches ${c.req.method} ${c.req.path}.`)));
+  app.notFound((c) => {
+    // A known path with another method is 405, as Graph answers, not an unknown route. (Found
+    // here rather than with app.all() routes: those made Hono fall back from its RegExpRouter
+    // to the slower TrieRouter for every request.)
+    const allow = allowedMethods(c.req.path);
+    const error = allow
+      ? new GraphError(405, 'methodNotAllowed', `${c.req.method} is not supported on this resource; use ${allow}.`, { Allow: allow })
+      : new GraphError(404, 'notFound', `No route matches ${c.req.method} ${c.req.path}.`);
+    return graphErrorResponse(c, error);
+  });
   app.onError((error, c) => {
     // Hono's own middleware (basic auth on /admin/queues) throws HTTPException: same Graph
     // body, with its status and challenge header.
@@ -134,8 +140,12 @@ function metricsEndpoint(metrics: Metrics, token: string | undefined): Middlewar
   };
 }
 
-function methodNotAllowed(allow: string): MiddlewareHandler<AppEnv> {
-  return (c) => {
-    throw new GraphError(405, 'methodNotAllowed', `${c.req.method} is not supported on this resource; use ${allow}.`, { Allow: allow });
-  };
+const OPERATIONS_PATH = /^(?:\/v1\.0|\/beta)?(?:\/external)?\/connections\/[^/]+\/operations(\/(?:\$ref|%24ref)|\/[^/]+)?$/;
+
+/** The methods a known operations path accepts, or undefined for an unknown path. */
+function allowedMethods(path: string): string | undefined {
+  const match = OPERATIONS_PATH.exec(path);
+  if (!match) return undefined;
+  if (!match[1]) return 'GET, POST';
+  return /^\/(\$ref|%24ref)$/.test(match[1]) ? 'POST' : 'GET';
 }
