@@ -64,10 +64,9 @@ export async function startWorker(config: Config, log: Logger, metrics: Metrics)
   if (config.WORKER_HEALTH_PORT !== undefined) {
     const monitor = new ConsumptionMonitor(
       worker.workers,
-      // In BullMQ job slots, what the monitor counts as running: since jobs carry batches a
-      // process has a fifth of WORKER_CONCURRENCY of them, and comparing with WORKER_CONCURRENCY
-      // called a worker whose every slot was busy with a long job stuck (found by
-      // test/faults.test.ts).
+      // Capacity in BullMQ job slots, read at each check: the worker lowers them to the jobs it
+      // holds while every processor slot is busy, and a worker in that state is busy, not stuck
+      // (comparing with WORKER_CONCURRENCY called it stuck; found by test/faults.test.ts).
       () => worker.workers.reduce((slots, shardWorker) => slots + shardWorker.concurrency, 0),
       // A worker that took nothing for two lock+stall cycles while jobs wait is stuck.
       2 * (config.WORKER_LOCK_DURATION_MS + config.WORKER_STALLED_INTERVAL_MS),
