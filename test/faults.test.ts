@@ -418,7 +418,7 @@ describe('worker liveness on WORKER_HEALTH_PORT', () => {
     // with BZPOPMIN refused (an operator "hardening" Redis with -@blocking), BullMQ keeps the
     // worker running and connected, retrying its blocking wait forever, and takes no job. Lock
     // 1000 + stalled check 1000 ms make the monitor call it stuck after 2 x 2000 ms.
-    // WORKER_CONCURRENCY 5 is one BullMQ job slot (a fifth: jobs mostly carry batches).
+    // WORKER_CONCURRENCY 5: five processor slots; with all five busy the worker takes no new job.
     const stuckAfterMs = 2 * (1000 + 1000);
     const deployment = await deploy({
       redisArgs: ['--user', 'cops', 'on', '>cops-secret', '~*', '&*', '+@all'],
