@@ -5,6 +5,7 @@ import { serve } from '@hono/node-server';
 import { Queue, Worker } from 'bullmq';
 import { Hono } from 'hono';
 import { Redis } from 'ioredis';
+import { runCountingWorker } from './counting-worker.js';
 
 /**
  * Baseline: the naive BullMQ service, run as two processes like the real one.
@@ -51,21 +52,7 @@ async function worker(): Promise<void> {
     },
     { connection: redis, concurrency: CONCURRENCY },
   );
-  bull.on('error', (error) => process.stderr.write(`worker error: ${error.message}\n`));
-  let published = -1;
-  const timer = setInterval(() => {
-    if (completed === published) return;
-    published = completed;
-    void redis.set(NAIVE_COMPLETED_KEY, completed);
-  }, 20);
-  await bull.waitUntilReady();
-  process.stdout.write(`${JSON.stringify({ msg: 'worker started', concurrency: CONCURRENCY })}\n`);
-  const stop = () => {
-    clearInterval(timer);
-    void bull.close().then(() => redis.quit()).finally(() => process.exit(0));
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
+  await runCountingWorker(redis, bull, NAIVE_COMPLETED_KEY, () => completed, CONCURRENCY);
 }
 
 const isMain = process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);

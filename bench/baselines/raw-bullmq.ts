@@ -2,6 +2,7 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
+import { runCountingWorker } from './counting-worker.js';
 
 /**
  * Baseline: the queue's ceiling. `addRawJobs` adds N jobs with addBulk in chunks (called by the
@@ -35,21 +36,7 @@ async function worker(): Promise<void> {
   let completed = 0;
   const bull = new Worker(RAW_QUEUE, async () => {}, { connection: redis, concurrency: CONCURRENCY });
   bull.on('completed', () => completed++);
-  bull.on('error', (error) => process.stderr.write(`worker error: ${error.message}\n`));
-  let published = -1;
-  const timer = setInterval(() => {
-    if (completed === published) return;
-    published = completed;
-    void redis.set(RAW_COMPLETED_KEY, completed);
-  }, 20);
-  await bull.waitUntilReady();
-  process.stdout.write(`${JSON.stringify({ msg: 'worker started', concurrency: CONCURRENCY })}\n`);
-  const stop = () => {
-    clearInterval(timer);
-    void bull.close().then(() => redis.quit()).finally(() => process.exit(0));
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
+  await runCountingWorker(redis, bull, RAW_COMPLETED_KEY, () => completed, CONCURRENCY);
 }
 
 const isMain = process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);

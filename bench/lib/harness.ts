@@ -1,10 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
+import { freePort } from '../../test/support/redis-server.js';
 
 /**
  * The bench's process bookkeeping: every child (service processes, baselines, redis-server) is
@@ -20,18 +20,8 @@ const CLOCK_TICKS_PER_SECOND = 100;
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-/** A port the OS says is free right now. */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
+// The test suite's free-port probe serves the bench too.
+export { freePort };
 
 /** One spawned process: stdout goes to a log file (cheap for the child, never parsed while
  *  load runs), stderr is kept as a short tail for error messages. */
