@@ -107,6 +107,14 @@ describe('OperationStore.finish', () => {
   });
 });
 
+describe('OperationStore.statuses', () => {
+  it('reads the status of several operations in order, undefined for unknown ones', async () => {
+    await store.createMany(connection, ['a', 'b', 'c']);
+    await store.finish(ref('b'), 'failed', { errorCode: 'x', message: 'y', details: [] });
+    expect(await store.statuses(connection, ['c', 'b', 'nope', 'a'])).toEqual(['inprogress', 'failed', undefined, 'inprogress']);
+  });
+});
+
 describe('OperationStore.list', () => {
   it('pages newest first, with ties in creation time kept in a stable order', async () => {
     for (let i = 0; i < 10; i++) {

@@ -127,17 +127,15 @@ export class OperationStore {
     return reply.map((result) => (result === 1 ? 'finished' : result === 0 ? 'alreadyTerminal' : 'missing'));
   }
 
-  /** Several operations of one connection, read in one round trip (a pipeline: one slot). */
-  async getMany(connection: ConnectionRef, operationIds: string[]): Promise<(Operation | undefined)[]> {
-    const pipeline = this.redis.pipeline();
-    for (const operationId of operationIds) pipeline.hmget(this.keys.operation({ ...connection, operationId }), 's', 'e', 'c', 'u');
-    const replies = (await pipeline.exec()) ?? [];
-    return operationIds.map((operationId, i) => {
-      const [error, fields] = replies[i] ?? [new Error('no reply')];
-      if (error) throw error;
-      const [status, errorJson, createdAt, lastActionAt] = fields as (string | null)[];
-      return status ? toOperation(operationId, status, errorJson ?? '', createdAt, lastActionAt) : undefined;
-    });
+  /** The status of several operations of one connection, in one script call; undefined for an
+   *  operation that does not exist (expired, or never created). */
+  async statuses(connection: ConnectionRef, operationIds: string[]): Promise<(OperationStatus | undefined)[]> {
+    const reply = (await scripts.statuses.run(
+      this.redis,
+      [this.keys.statusIndex(connection, 'inprogress')],
+      [this.keys.operationPrefix(connection), ...operationIds],
+    )) as string[];
+    return reply.map((status) => (status ? (status as OperationStatus) : undefined));
   }
 
   /** One page of a connection's operations, newest first, optionally of one status. */

@@ -3,7 +3,7 @@ import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { groupByConnection } from '../shared/keys.js';
-import type { ErrorDetail, Operation, OperationRef, TerminalStatus } from '../shared/operation.js';
+import type { ErrorDetail, OperationRef, TerminalStatus } from '../shared/operation.js';
 import {
   isBatch,
   queueName,
@@ -90,13 +90,13 @@ export function createWorker({ connection, store, queue, processor, config, log,
   const slots = new Semaphore(config.WORKER_CONCURRENCY, throttle);
 
   /** Runs one attempt of an operation that is inprogress. */
-  async function attempt(ref: OperationRef, operation: Operation, attemptNumber: number): Promise<Outcome> {
+  async function attempt(ref: OperationRef, attemptNumber: number): Promise<Outcome> {
     try {
       await slots.run(() =>
         processor({
           tenantId: ref.tenantId,
           connectionId: ref.connectionId,
-          operation: { id: operation.id, status: operation.status, error: operation.error },
+          operation: { id: ref.operationId, status: 'inprogress', error: null },
           attempt: attemptNumber,
           signal: shutdown.signal,
         }),
@@ -116,7 +116,7 @@ export function createWorker({ connection, store, queue, processor, config, log,
   }
 
   /**
-   * Runs a job's operations: per connection, one read of the records, the attempts of those
+   * Runs a job's operations: per connection, one read of their statuses, the attempts of those
    * still inprogress (already terminal: a duplicate delivery, or a re-enqueue that raced a
    * finish, and the processor never sees them), then one write of the terminal outcomes.
    * A Redis failure throws, and BullMQ retries the job: the processor may then see an operation
@@ -125,14 +125,13 @@ export function createWorker({ connection, store, queue, processor, config, log,
   async function runOperations(refs: OperationRef[], attemptNumber: (ref: OperationRef) => number): Promise<Run[]> {
     const groups = await Promise.all(
       groupByConnection(refs).map(async (group) => {
-        const operations = await store.getMany(group[0]!, group.map((ref) => ref.operationId));
+        const statuses = await store.statuses(group[0]!, group.map((ref) => ref.operationId));
         const runs = await Promise.all(
           group.map(async (ref, i): Promise<Run> => {
-            const operation = operations[i];
             const run: Run = { ref, attempt: attemptNumber(ref), seconds: 0 };
-            if (!operation || operation.status !== 'inprogress') return run;
+            if (statuses[i] !== 'inprogress') return run;
             const started = performance.now();
-            run.outcome = await attempt(ref, operation, run.attempt);
+            run.outcome = await attempt(ref, run.attempt);
             run.seconds = (performance.now() - started) / 1000;
             return run;
           }),
