@@ -153,23 +153,26 @@ export function createWorker({ connection, store, queue, processor, config, log,
             terminal.map(({ ref, outcome }) => ({ operationId: ref.operationId, status: outcome.status, error: outcome.error })),
           )
         : [];
-    const resultOf = new Map<Run, string | undefined>(terminal.map((run, i) => [run, results[i]]));
-    for (const run of runs) {
-      const { ref, outcome } = run;
-      const fields = { operationId: ref.operationId, connectionId: ref.connectionId, attempt: run.attempt, durationMs: Math.round(run.seconds * 1000) };
+    let nextResult = 0; // results[] follows the order of the terminal runs
+    for (const { ref, outcome, attempt, seconds } of runs) {
+      const { operationId, connectionId } = ref;
+      const durationMs = Math.round(seconds * 1000);
       if (!outcome) {
-        log.debug(fields, 'operation already terminal; skipped');
+        log.debug({ operationId, connectionId, attempt }, 'operation already terminal; skipped');
       } else if ('retry' in outcome) {
-        metrics?.processingDuration.observe({ outcome: 'retry' }, run.seconds);
-        log.info({ ...fields, status: 'retrying', err: outcome.retry }, 'operation attempt failed; will retry');
+        metrics?.processingDuration.observe({ outcome: 'retry' }, seconds);
+        log.info({ operationId, connectionId, attempt, durationMs, status: 'retrying', err: outcome.retry }, 'operation attempt failed; will retry');
       } else if ('interrupted' in outcome) {
-        log.warn({ ...fields, err: outcome.interrupted }, 'operation interrupted by shutdown; its job returns to the queue');
-      } else if (resultOf.get(run) !== 'finished') {
-        log.info({ ...fields, result: resultOf.get(run) }, 'operation was already terminal; its status is unchanged');
+        log.warn({ operationId, connectionId, attempt, durationMs, err: outcome.interrupted }, 'operation interrupted by shutdown; its job returns to the queue');
       } else {
-        metrics?.processingDuration.observe({ outcome: outcome.status }, run.seconds);
-        metrics?.finished(outcome.status, outcome.error?.errorCode);
-        log.info({ ...fields, status: outcome.status, errorCode: outcome.error?.errorCode }, 'operation finished');
+        const result = results[nextResult++];
+        if (result !== 'finished') {
+          log.info({ operationId, connectionId, attempt, durationMs, result }, 'operation was already terminal; its status is unchanged');
+        } else {
+          metrics?.processingDuration.observe({ outcome: outcome.status }, seconds);
+          metrics?.finished(outcome.status, outcome.error?.errorCode);
+          log.info({ operationId, connectionId, attempt, durationMs, status: outcome.status, errorCode: outcome.error?.errorCode }, 'operation finished');
+        }
       }
     }
   }
