@@ -286,6 +286,11 @@ describe('every response', () => {
     const error = await ctx.request('/nowhere', { headers: { 'client-request-id': 'abc-123' } });
     const body = await expectGraphError(error, 404, 'notFound');
     expect(body.error.innerError['client-request-id']).toBe('abc-123');
+    expect(error.headers.get('client-request-id')).toBe('abc-123');
+    // Answers built outside the operation routes get the ids from the middleware.
+    const document = await ctx.request('/openapi.json', { headers: { 'client-request-id': 'abc-123' } });
+    expect(document.headers.get('request-id')).toMatch(/^[0-9a-f-]{36}$/);
+    expect(document.headers.get('client-request-id')).toBe('abc-123');
   });
 
   it.each([

@@ -12,6 +12,7 @@ import { GraphError, graphErrorResponse, serviceUnavailable } from './errors.js'
 import { ADMIN_BASE_PATH } from './admin.js';
 import { openApiRoutes } from './openapi.js';
 import { operationRoutes } from './operations.js';
+import { hasRequestIds } from './respond.js';
 
 export interface AppDeps {
   store: OperationStore;
@@ -105,12 +106,15 @@ function requestIds(log: Logger, metrics: Metrics | undefined): MiddlewareHandle
     const requestId = randomUUID();
     const clientRequestId = c.req.header('client-request-id');
     c.set('requestId', requestId);
-    c.header('request-id', requestId);
-    if (clientRequestId && CLIENT_REQUEST_ID.test(clientRequestId)) {
-      c.set('clientRequestId', clientRequestId);
-      c.header('client-request-id', clientRequestId);
-    }
+    const echoed = clientRequestId && CLIENT_REQUEST_ID.test(clientRequestId) ? clientRequestId : undefined;
+    c.set('clientRequestId', echoed);
     await next();
+    // jsonResponse() answers carry the ids already (set here before next(), every response would
+    // pay for a fetch Headers object); the others (docs, metrics, the dashboard) get them now.
+    if (!hasRequestIds(c.res)) {
+      c.header('request-id', requestId);
+      if (echoed) c.header('client-request-id', echoed);
+    }
     const seconds = (performance.now() - started) / 1000;
     const route = c.req.routePath;
     log.info({ requestId, method: c.req.method, route, status: c.res.status, durationMs: Math.round(seconds * 100_000) / 100 }, 'request');

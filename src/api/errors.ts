@@ -1,5 +1,7 @@
 import type { Context } from 'hono';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import type { AppEnv } from './app.js';
+import { jsonResponse } from './respond.js';
 
 /**
  * Every error the API answers is a GraphError, turned into Graph's error body in one place
@@ -25,12 +27,11 @@ export const notFound = (message: string) => new GraphError(404, 'itemNotFound',
 export const serviceUnavailable = (message: string) =>
   new GraphError(503, 'serviceNotAvailable', message, { 'Retry-After': String(UNAVAILABLE_RETRY_AFTER_SECONDS) });
 
-export function graphErrorResponse(c: Context, error: GraphError): Response {
-  for (const [name, value] of Object.entries(error.headers)) c.header(name, value);
+export function graphErrorResponse(c: Context<AppEnv>, error: GraphError): Response {
   const innerError: Record<string, string> = { date: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z') };
   const requestId: unknown = c.get('requestId');
   const clientRequestId: unknown = c.get('clientRequestId');
   if (typeof requestId === 'string') innerError['request-id'] = requestId;
   if (typeof clientRequestId === 'string') innerError['client-request-id'] = clientRequestId;
-  return c.json({ error: { code: error.code, message: error.message, innerError } }, error.status);
+  return jsonResponse(c, { error: { code: error.code, message: error.message, innerError } }, error.status, error.headers);
 }

@@ -15,12 +15,13 @@ import type { ListCursor } from '../shared/store.js';
 import type { AppEnv, AppDeps } from './app.js';
 import { GraphError, badRequest, notFound, serviceUnavailable } from './errors.js';
 import type { OperationResource } from './schemas.js';
+import { jsonResponse } from './respond.js';
 import { publicBaseUrl } from './urls.js';
 
 /** Bodies above this are refused with 413, from Content-Length or while streaming. */
 export const MAX_BODY_BYTES = 1024 * 1024;
-/** Polling hint on an inprogress operation, in seconds. */
-const INPROGRESS_RETRY_AFTER_SECONDS = 1;
+/** Polling hint on an inprogress operation, in seconds (a Retry-After value). */
+const INPROGRESS_RETRY_AFTER = '1';
 const DEFAULT_TOP = 100;
 const MAX_TOP = 999;
 
@@ -58,9 +59,7 @@ export function operationRoutes({ store, creates, config, metrics }: AppDeps): H
     }
     metrics?.operationsCreated.inc();
     const location = `${publicBaseUrl(c, config)}${c.req.path.replace(/\/(\$|%24)ref$/, '')}/${ref.operationId}`;
-    c.header('Location', location);
-    c.header('Retry-After', String(INPROGRESS_RETRY_AFTER_SECONDS));
-    return c.json(present(operation), 201);
+    return jsonResponse(c, present(operation), 201, { Location: location, 'Retry-After': INPROGRESS_RETRY_AFTER });
   };
 
   routes.post('/:connectionId/operations', limitBody, create);
@@ -72,7 +71,7 @@ export function operationRoutes({ store, creates, config, metrics }: AppDeps): H
     const query = parseListQuery(c.req.url);
     const connection = { tenantId: c.get('principal').tenantId, connectionId };
     // `unspecified` is a status clients may send but the service never stores.
-    if (query.status === 'unspecified') return c.json({ ...(query.count ? { '@odata.count': 0 } : {}), value: [] });
+    if (query.status === 'unspecified') return jsonResponse(c, { ...(query.count ? { '@odata.count': 0 } : {}), value: [] }, 200);
     const [page, count] = await unlessRedisFails(() =>
       Promise.all([
         store.list(connection, query),
@@ -83,7 +82,7 @@ export function operationRoutes({ store, creates, config, metrics }: AppDeps): H
     if (count !== undefined) body['@odata.count'] = count;
     if (page.next) body['@odata.nextLink'] = nextLink(c, config, page.next);
     body.value = page.operations.map(present);
-    return c.json(body);
+    return jsonResponse(c, body, 200);
   });
 
   routes.get('/:connectionId/operations/:operationId', async (c) => {
@@ -94,8 +93,7 @@ export function operationRoutes({ store, creates, config, metrics }: AppDeps): H
     const ref = { tenantId: c.get('principal').tenantId, connectionId, operationId };
     const operation = await unlessRedisFails(() => store.get(ref));
     if (!operation) throw missing;
-    if (operation.status === 'inprogress') c.header('Retry-After', String(INPROGRESS_RETRY_AFTER_SECONDS));
-    return c.json(present(operation));
+    return jsonResponse(c, present(operation), 200, operation.status === 'inprogress' ? { 'Retry-After': INPROGRESS_RETRY_AFTER } : {});
   });
 
   return routes;
@@ -103,13 +101,15 @@ export function operationRoutes({ store, creates, config, metrics }: AppDeps): H
 
 /** The resource as clients see it: Graph's three properties plus two timestamps. */
 function present(operation: Operation): OperationResource {
+  const createdDateTime = new Date(operation.createdAt).toISOString();
   return {
     '@odata.type': '#microsoft.graph.connectionOperation',
     id: operation.id,
     status: operation.status,
     error: operation.error,
-    createdDateTime: new Date(operation.createdAt).toISOString(),
-    lastActionDateTime: new Date(operation.lastActionAt).toISOString(),
+    createdDateTime,
+    // The same instant on every fresh create: formatted once.
+    lastActionDateTime: operation.lastActionAt === operation.createdAt ? createdDateTime : new Date(operation.lastActionAt).toISOString(),
   };
 }
 

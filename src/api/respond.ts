@@ -1,0 +1,29 @@
+import type { Context } from 'hono';
+import type { AppEnv } from './app.js';
+
+/** Responses that already carry the request's ids (the request-id middleware adds them to any other). */
+const withRequestIds = new WeakSet<Response>();
+
+/**
+ * A JSON response carrying the request's ids and `headers`, with its headers as a plain object.
+ * Hono's c.header(), or c.json() with more than one header, builds a fetch `Headers` object that
+ * @hono/node-server then copies header by header; a plain object goes straight to writeHead.
+ * Every answer of the operation routes, errors included, is built here.
+ */
+export function jsonResponse(c: Context<AppEnv>, body: unknown, status: number, headers: Record<string, string> = {}): Response {
+  const ids: Record<string, string> = {};
+  const requestId = c.get('requestId');
+  const clientRequestId = c.get('clientRequestId');
+  if (requestId) ids['request-id'] = requestId;
+  if (clientRequestId) ids['client-request-id'] = clientRequestId;
+  const response = new Response(JSON.stringify(body), {
+    status,
+    headers: { 'content-type': 'application/json', ...ids, ...headers },
+  });
+  withRequestIds.add(response);
+  return response;
+}
+
+export function hasRequestIds(response: Response): boolean {
+  return withRequestIds.has(response);
+}
