@@ -10,6 +10,7 @@ import { printTable, type SummaryRow } from './lib/report.js';
 import { fmt } from './lib/stats.js';
 import type { BenchContext } from './lib/systems.js';
 import { acceptScenario, type AcceptOutcome } from './scenarios/accept.js';
+import { concurrencyScenario, type ConcurrencyOutcome } from './scenarios/concurrency.js';
 import { e2eScenario, type E2eOutcome } from './scenarios/e2e.js';
 import { growthScenario, type GrowthOutcome } from './scenarios/growth.js';
 import { latencyScenario, type LatencyOutcome } from './scenarios/latency.js';
@@ -28,10 +29,14 @@ const USAGE = `npm run bench -- [flags]
   --ops N              operations per end-to-end run (default 20000, quick 10000; the issue's
                        50000 makes a round of 3 runs last ~2 min on 2 cores)
   --concurrency N      HTTP connections (default 64)
-  --only LIST          scenarios, comma-separated: accept,e2e,latency,growth,profile
+  --only LIST          scenarios, comma-separated: accept,e2e,latency,growth,profile,concurrency
                        (default accept,e2e,latency,growth)
   --profile            also run the profile scenario (CPU profiles + Redis commandstats)
   --profile-ops N      operations in the profile scenario (default 20000, quick 10000)
+  --concurrency-list L WORKER_CONCURRENCY values the concurrency scenario sweeps
+                       (default 10,25,50,100,200)
+  --processor-ms N     delay of its stand-in HTTP processor, ms (default 20)
+  --concurrency-ops N  operations per point of that sweep (default 5000, quick 2000)
   --memory-ops N       operations for Redis memory per op (default 20000, quick 5000)
   --list-large N       operations in the large connection of the list test (default 100000)
   --rss-ops N          operations for the worker RSS test (default 200000, quick 50000)
@@ -57,6 +62,9 @@ const { values } = parseArgs({
     only: { type: 'string' },
     profile: { type: 'boolean', default: false },
     'profile-ops': { type: 'string' },
+    'concurrency-list': { type: 'string', default: '10,25,50,100,200' },
+    'processor-ms': { type: 'string', default: '20' },
+    'concurrency-ops': { type: 'string' },
     'memory-ops': { type: 'string' },
     'list-large': { type: 'string', default: '100000' },
     'rss-ops': { type: 'string' },
@@ -85,6 +93,12 @@ function intFlag(name: string, value: string | undefined, fallback: number): num
   return parsed;
 }
 
+/** A comma-separated list of positive whole numbers, ascending and without repeats. */
+function intListFlag(name: string, value: string): number[] {
+  const list = [...new Set(value.split(',').map((item) => intFlag(name, item.trim(), 0)))];
+  return list.sort((a, b) => a - b);
+}
+
 const quick = values.quick;
 const ISSUE_E2E_OPS = 50_000;
 const DEFAULT_E2E_OPS = 20_000;
@@ -96,6 +110,11 @@ const options = {
   ops: intFlag('ops', values.ops, quick ? 10_000 : DEFAULT_E2E_OPS),
   concurrency: intFlag('concurrency', values.concurrency, 64),
   profileOps: intFlag('profile-ops', values['profile-ops'], quick ? 10_000 : 20_000),
+  // One sweep unless --rounds asks for more: every point starts a worker on a freshly filled Redis.
+  concurrencyRounds: intFlag('rounds', values.rounds, 1),
+  concurrencyList: intListFlag('concurrency-list', values['concurrency-list']),
+  processorMs: intFlag('processor-ms', values['processor-ms'], 20),
+  concurrencyOps: intFlag('concurrency-ops', values['concurrency-ops'], quick ? 2_000 : 5_000),
   memoryOps: intFlag('memory-ops', values['memory-ops'], quick ? 5_000 : 20_000),
   listLarge: intFlag('list-large', values['list-large'], 100_000),
   maxOtherLoadPct: intFlag('max-other-load', values['max-other-load'], 25),
@@ -113,7 +132,7 @@ const options = {
   ) as Record<string, string>,
   serviceFrom: values.src ? 'src' : values.ref ? `git ${values.ref}` : 'work tree',
 };
-const SCENARIOS = ['accept', 'e2e', 'latency', 'growth', 'profile'] as const;
+const SCENARIOS = ['accept', 'e2e', 'latency', 'growth', 'profile', 'concurrency'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 const selected = new Set<Scenario>();
 for (const name of (values.only ?? `accept,e2e,latency,growth${values.profile ? ',profile' : ''}`).split(',')) {
@@ -203,6 +222,7 @@ interface Outcomes {
   latency?: LatencyOutcome;
   growth?: GrowthOutcome;
   profile?: ProfileOutcome;
+  concurrency?: ConcurrencyOutcome;
 }
 
 async function main(): Promise<void> {
@@ -293,6 +313,20 @@ async function main(): Promise<void> {
     outcomes.profile = await timed('profile', () => profileScenario(ctx, { ops: options.profileOps, concurrency: options.concurrency, outDir: RESULTS_DIR }));
     log(outcomes.profile.text);
   }
+  if (selected.has('concurrency')) {
+    outcomes.concurrency = await timed(
+      `worker concurrency: WORKER_CONCURRENCY ${options.concurrencyList.join(',')}, ${fmt(options.concurrencyOps)} preloaded ops each,` +
+        ` ${options.processorMs} ms HTTP processor`,
+      () =>
+        concurrencyScenario(ctx, {
+          rounds: options.concurrencyRounds,
+          concurrencies: options.concurrencyList,
+          ops: options.concurrencyOps,
+          processorMs: options.processorMs,
+        }),
+    );
+    log(outcomes.concurrency.text);
+  }
 
   const rows = summaryRows(outcomes);
   log(
@@ -303,7 +337,7 @@ async function main(): Promise<void> {
   else log('(the scenarios run have no targets)');
 
   mkdirSync(RESULTS_DIR, { recursive: true });
-  const { profile, ...rest } = outcomes;
+  const { profile, concurrency, ...rest } = outcomes;
   const json = {
     startedAt: startedAt.toISOString(),
     finishedAt: new Date().toISOString(),
@@ -313,13 +347,14 @@ async function main(): Promise<void> {
     summary: rows,
     ...rest,
     ...(profile ? { profile: (({ text: _text, ...data }) => data)(profile) } : {}),
+    ...(concurrency ? { concurrency: (({ text: _text, ...data }) => data)(concurrency) } : {}),
   };
   writeFileSync(join(RESULTS_DIR, 'latest.json'), `${JSON.stringify(json, null, 2)}\n`);
   writeFileSync(join(RESULTS_DIR, 'latest.txt'), `${output.join('\n')}\n`);
   log(`\nwritten: bench/results/latest.json, bench/results/latest.txt${harness.keepLogs ? `; logs in ${harness.dir}` : ''}`);
 }
 
-function summaryRows({ accept, e2e, latency, growth }: Outcomes): SummaryRow[] {
+function summaryRows({ accept, e2e, latency, growth, concurrency }: Outcomes): SummaryRow[] {
   const rows: SummaryRow[] = [];
   const x = (value: number) => `${fmt(value, 2)}×`;
   const check = (value: number, limit: number, atLeast: boolean) => (Number.isFinite(value) ? (atLeast ? value >= limit : value <= limit) : false);
@@ -410,6 +445,18 @@ function summaryRows({ accept, e2e, latency, growth }: Outcomes): SummaryRow[] {
     rows.push({
       metric: '  worker RSS as is (no forced GC)',
       measured: `${mib(rss.workerBefore)} → ${mib(rss.workerAfter)} MiB (${signed(rss.growthPct)}%; 2nd half ${signed(rss.secondHalfGrowthPct)}%)`,
+      target: 'info',
+    });
+  }
+  if (concurrency) {
+    rows.push({
+      metric: `worker concurrency (${fmt(concurrency.ops)} ops, ${concurrency.processorMs} ms processor)`,
+      measured: `knee (≥ 90% of best ops/s) at WORKER_CONCURRENCY=${concurrency.knee}`,
+      target: `info (${concurrency.rounds} round(s))`,
+    });
+    rows.push({
+      metric: '  ops/s by WORKER_CONCURRENCY',
+      measured: concurrency.points.map((point) => `${point.concurrency}: ${fmt(point.opsPerS)}`).join(', '),
       target: 'info',
     });
   }
