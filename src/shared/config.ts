@@ -69,7 +69,7 @@ export const configSchema = z.object({
   WORKER_HEALTH_PORT: z.coerce.number().int().min(0).max(65535).optional(),
 
   /** Jobs in flight per worker process. */
-  WORKER_CONCURRENCY: positiveInt.max(1000).default(50),
+  WORKER_CONCURRENCY: positiveInt.max(1000).default(100),
   /** BullMQ job lock duration and stalled-job check interval: a job whose worker died is
    *  picked up again after at most about lock + interval. */
   WORKER_LOCK_DURATION_MS: positiveInt.default(30_000),
