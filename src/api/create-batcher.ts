@@ -20,6 +20,11 @@ interface Pending {
  *  small enough that a worker holding a batch does not keep many operations from idle workers. */
 const MAX_BATCH = 25;
 
+/** The longest a partial batch waits for the commit in flight. Commits take a few ms; the bound
+ *  matters when Redis is slow: waiting for a commit that ends in a 500 ms timeout, then timing
+ *  out itself, a create took twice the command timeout to get its 503 (test/faults.test.ts). */
+const MAX_WAIT_MS = 5;
+
 /**
  * Group commit of creates. Creates are written with one Lua call per connection and carried by
  * ONE BullMQ job per batch, instead of a script and a job each: BullMQ's per-job work is what
@@ -27,10 +32,10 @@ const MAX_BATCH = 25;
  *
  * When a batch is sent is the classic group-commit rule: a full batch goes at once; a partial
  * one goes at the end of the event-loop tick unless a commit is already in flight, in which case
- * it gathers the creates that arrive meanwhile and goes when that commit ends. An idle service
- * therefore answers a lone create without waiting for anyone, and a busy one sends fuller
- * batches instead of many small ones (one per tick made batches of 8 to 14 at 64 clients, and
- * the per-job work of Redis and the worker grew with the number of batches).
+ * it gathers the creates that arrive meanwhile and goes when that commit ends (or after
+ * MAX_WAIT_MS). An idle service therefore answers a lone create without waiting for anyone, and a
+ * busy one sends fuller batches instead of many small ones (one per tick made batches of 8 to 14
+ * at 64 clients, and the per-job work of Redis and the worker grew with the number of batches).
  *
  * Guarantees are those of single creates: each operation is stored atomically (a taken id is
  * `exists`, also within one batch); the 201 is answered only after the record is written; if
@@ -40,6 +45,8 @@ const MAX_BATCH = 25;
 export class CreateBatcher implements Creates {
   private pending: Pending[] = [];
   private flushScheduled = false;
+  /** Set while the partial batch waits for the commit in flight. */
+  private waitTimer: NodeJS.Timeout | undefined;
   private commitsInFlight = 0;
 
   constructor(
@@ -56,22 +63,32 @@ export class CreateBatcher implements Creates {
     });
   }
 
-  /** Flushes the partial batch at the end of this tick, unless a commit is in flight (its end
-   *  flushes instead). */
+  /** Flushes the partial batch at the end of this tick or, while a commit is in flight, when it
+   *  ends or MAX_WAIT_MS passes. */
   private scheduleFlush(): void {
-    if (this.flushScheduled || this.commitsInFlight > 0 || this.pending.length === 0) return;
+    if (this.flushScheduled || this.pending.length === 0) return;
     this.flushScheduled = true;
-    setImmediate(() => {
-      this.flushScheduled = false;
-      if (this.commitsInFlight === 0 && this.pending.length > 0) this.send(this.pending.splice(0, MAX_BATCH));
-    });
+    if (this.commitsInFlight === 0) setImmediate(this.flush);
+    else this.waitTimer = setTimeout(this.flush, MAX_WAIT_MS);
   }
+
+  private readonly flush = (): void => {
+    clearTimeout(this.waitTimer);
+    this.waitTimer = undefined;
+    this.flushScheduled = false;
+    if (this.pending.length > 0) this.send(this.pending.splice(0, MAX_BATCH));
+  };
 
   private send(batch: Pending[]): void {
     this.commitsInFlight++;
     void this.commit(batch).finally(() => {
       this.commitsInFlight--;
-      this.scheduleFlush();
+      // The partial batch that waited for this commit goes now.
+      if (this.waitTimer) {
+        clearTimeout(this.waitTimer);
+        this.waitTimer = undefined;
+        setImmediate(this.flush);
+      }
     });
   }
 
