@@ -26,8 +26,7 @@ const USAGE = `npm run bench -- [flags]
   --quick              short run: 1 round, 3 s accept runs, fewer operations everywhere
   --rounds N           rounds of each alternating comparison (default 3, quick 1)
   --duration S         seconds per accept measurement (default 5, quick 3)
-  --ops N              operations per end-to-end run (default 20000, quick 10000; the issue's
-                       50000 makes a round of 3 runs last ~2 min on 2 cores)
+  --ops N              operations per end-to-end run (default 50000, the issue's; quick 10000)
   --concurrency N      HTTP connections (default 64)
   --only LIST          scenarios, comma-separated: accept,e2e,latency,growth,profile,concurrency
                        (default accept,e2e,latency,growth)
@@ -101,13 +100,12 @@ function intListFlag(name: string, value: string): number[] {
 
 const quick = values.quick;
 const ISSUE_E2E_OPS = 50_000;
-const DEFAULT_E2E_OPS = 20_000;
 const options = {
   quick,
   rounds: intFlag('rounds', values.rounds, quick ? 1 : 3),
   durationS: intFlag('duration', values.duration, quick ? 3 : 5),
-  // 50,000 per run made one round (service, naive, raw) last about 2 minutes on 2 cores.
-  ops: intFlag('ops', values.ops, quick ? 10_000 : DEFAULT_E2E_OPS),
+  // One round of 50,000 (service, naive, raw) lasts about 40 s on 2 cores.
+  ops: intFlag('ops', values.ops, quick ? 10_000 : ISSUE_E2E_OPS),
   concurrency: intFlag('concurrency', values.concurrency, 64),
   profileOps: intFlag('profile-ops', values['profile-ops'], quick ? 10_000 : 20_000),
   // One sweep unless --rounds asks for more: every point starts a worker on a freshly filled Redis.
@@ -254,7 +252,7 @@ async function main(): Promise<void> {
   );
   log(
     `options: ${options.rounds} round(s), accept ${options.durationS} s at c=${options.concurrency}, e2e ${fmt(options.ops)} ops` +
-      `${options.ops < ISSUE_E2E_OPS ? ` (not the issue's ${fmt(ISSUE_E2E_OPS)}: that made a round of 3 runs last ~2 min on 2 cores; --ops ${ISSUE_E2E_OPS} for it)` : ''}` +
+      `${options.ops < ISSUE_E2E_OPS ? ` (not the issue's ${fmt(ISSUE_E2E_OPS)}; short runs weigh JIT warm-up more)` : ''}` +
       `, scenarios ${[...selected].join(',')}`,
   );
 

@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { CreateBatcher } from '../src/api/create-batcher.js';
 import { createApiContext, silentLog, type ApiContext } from './support/context.js';
 
@@ -50,6 +50,56 @@ describe('POST operations', () => {
     const jobs = new Set(await Promise.all(refs.map((ref) => ctx.store.batchJobOf(ref))));
     expect(jobs.size).toBe(1);
     expect(await ctx.queue.stateOf([...jobs][0]!)).toBe('waiting');
+  });
+
+  describe('group commit', () => {
+    const tenantId = '11111111-1111-4111-8111-111111111111';
+    const ref = (operationId: string) => ({ tenantId, connectionId: 'contosohr', operationId });
+    const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
+
+    /** The real store, with each createMany call recorded and held until released. */
+    function heldStore() {
+      const calls: string[][] = [];
+      const holds: (() => void)[] = [];
+      return {
+        calls,
+        release: () => holds.shift()?.(),
+        store: {
+          createMany: async (...args: Parameters<ApiContext['store']['createMany']>) => {
+            calls.push(args[1]);
+            await new Promise<void>((release) => holds.push(release));
+            return ctx.store.createMany(...args);
+          },
+        },
+      };
+    }
+
+    it('sends a full batch at once and gathers the creates behind it until it is written', async () => {
+      const held = heldStore();
+      const batcher = new CreateBatcher(held.store, ctx.queue, silentLog, 60_000);
+      const answers = Array.from({ length: 27 }, (_, i) => batcher.create(ref(`full-${i}`)));
+      await nextTurn();
+      expect(held.calls.map((ids) => ids.length)).toEqual([25]);
+      held.release();
+      await vi.waitFor(() => expect(held.calls.map((ids) => ids.length)).toEqual([25, 2]));
+      held.release();
+      expect((await Promise.all(answers)).every((answer) => answer.result === 'created')).toBe(true);
+      const jobs = new Set(await Promise.all(answers.map((_, i) => ctx.store.batchJobOf(ref(`full-${i}`)))));
+      expect(jobs.size).toBe(2);
+    });
+
+    it('waits at most maxWaitMs for a commit in flight', async () => {
+      const held = heldStore();
+      const batcher = new CreateBatcher(held.store, ctx.queue, silentLog, 5);
+      const first = batcher.create(ref('slow-first'));
+      await nextTurn();
+      const second = batcher.create(ref('slow-second'));
+      // The first commit is still held: the second goes on its own once 5 ms have passed.
+      await vi.waitFor(() => expect(held.calls).toEqual([['slow-first'], ['slow-second']]));
+      held.release();
+      held.release();
+      expect((await Promise.all([first, second])).map((answer) => answer.result)).toEqual(['created', 'created']);
+    });
   });
 
   it('generates a UUID when the body has no id', async () => {

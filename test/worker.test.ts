@@ -189,6 +189,20 @@ describe('the HTTP processor', () => {
     expect(operation.error?.message).toMatch(/did not answer within 200 ms/);
   });
 
+  it('bounds the whole attempt by the timeout, also a body that never ends', async () => {
+    const endpoint = await startProcessorServer((_body, _req, res) => {
+      // The status arrives at once; the body starts and never finishes.
+      res.writeHead(422, { 'content-type': 'application/json' });
+      res.write('{"errorCode":"inval');
+    });
+    closers.push(endpoint.close);
+    startWorker(httpProcessor({ url: endpoint.url, timeoutMs: 300 }));
+    await submit('trickle');
+    // The cut body reads as empty: the 422 decides, without the processor's errorDetail.
+    expect((await terminal('trickle')).error).toMatchObject({ errorCode: 'processorRejected', message: 'the processor answered 422 Unprocessable Entity' });
+    expect(endpoint.requests).toHaveLength(1);
+  });
+
   it('fails with processorUnreachable when nothing listens at the URL', async () => {
     const endpoint = await startProcessorServer((_body, _req, res) => json(res, 200));
     await endpoint.close();

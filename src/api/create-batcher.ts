@@ -44,38 +44,42 @@ const MAX_WAIT_MS = 5;
  */
 export class CreateBatcher implements Creates {
   private pending: Pending[] = [];
-  private flushScheduled = false;
+  /** An end-of-tick check of the partial batch is scheduled. */
+  private tickEndScheduled = false;
   /** Set while the partial batch waits for the commit in flight. */
   private waitTimer: NodeJS.Timeout | undefined;
   private commitsInFlight = 0;
 
   constructor(
-    private readonly store: OperationStore,
+    private readonly store: Pick<OperationStore, 'createMany'>,
     private readonly queue: Pick<OperationQueue, 'enqueueBatch'>,
     private readonly log: Logger,
+    private readonly maxWaitMs = MAX_WAIT_MS,
   ) {}
 
   create(ref: OperationRef): Promise<{ result: CreateResult; operation: Operation }> {
     return new Promise((resolve, reject) => {
       this.pending.push({ ref, resolve, reject });
-      if (this.pending.length >= MAX_BATCH) this.send(this.pending.splice(0, MAX_BATCH));
-      else this.scheduleFlush();
+      if (this.pending.length >= MAX_BATCH) {
+        this.send(this.pending.splice(0, MAX_BATCH));
+      } else if (!this.tickEndScheduled && !this.waitTimer) {
+        this.tickEndScheduled = true;
+        setImmediate(this.atTickEnd);
+      }
     });
   }
 
-  /** Flushes the partial batch at the end of this tick or, while a commit is in flight, when it
-   *  ends or MAX_WAIT_MS passes. */
-  private scheduleFlush(): void {
-    if (this.flushScheduled || this.pending.length === 0) return;
-    this.flushScheduled = true;
-    if (this.commitsInFlight === 0) setImmediate(this.flush);
-    else this.waitTimer = setTimeout(this.flush, MAX_WAIT_MS);
-  }
+  /** The partial batch goes now, or waits for the commit in flight (at most maxWaitMs). */
+  private readonly atTickEnd = (): void => {
+    this.tickEndScheduled = false;
+    if (this.pending.length === 0) return;
+    if (this.commitsInFlight === 0) this.sendPartial();
+    else this.waitTimer ??= setTimeout(this.sendPartial, this.maxWaitMs);
+  };
 
-  private readonly flush = (): void => {
+  private readonly sendPartial = (): void => {
     clearTimeout(this.waitTimer);
     this.waitTimer = undefined;
-    this.flushScheduled = false;
     if (this.pending.length > 0) this.send(this.pending.splice(0, MAX_BATCH));
   };
 
@@ -83,12 +87,8 @@ export class CreateBatcher implements Creates {
     this.commitsInFlight++;
     void this.commit(batch).finally(() => {
       this.commitsInFlight--;
-      // The partial batch that waited for this commit goes now.
-      if (this.waitTimer) {
-        clearTimeout(this.waitTimer);
-        this.waitTimer = undefined;
-        setImmediate(this.flush);
-      }
+      // The partial batch that waited for a commit goes as soon as one ends.
+      if (this.waitTimer) this.sendPartial();
     });
   }
 

@@ -13,7 +13,6 @@ const FORWARDED_HOST = /^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5}
  */
 export function publicBaseUrl(c: Context, config: UrlConfig): string {
   if (config.PUBLIC_BASE_URL) return config.PUBLIC_BASE_URL.replace(/\/+$/, '');
-  if (!config.TRUST_PROXY) return ownOrigin(c);
   const own = new URL(c.req.url);
   if (config.TRUST_PROXY) {
     const proto = firstValue(c.req.header('x-forwarded-proto'));
@@ -23,21 +22,6 @@ export function publicBaseUrl(c: Context, config: UrlConfig): string {
     return `${scheme}://${authority}`;
   }
   return own.origin;
-}
-
-/** Origins already parsed, by Host header: parsing the request URL was 2% of the API's CPU per
- *  create, and a deployment is reached under a handful of hosts (bounded all the same). */
-const origins = new Map<string, string>();
-
-function ownOrigin(c: Context): string {
-  const host = c.req.header('host') ?? '';
-  let origin = origins.get(host);
-  if (origin === undefined) {
-    origin = new URL(c.req.url).origin;
-    if (origins.size >= 100) origins.clear();
-    origins.set(host, origin);
-  }
-  return origin;
 }
 
 /** Proxies append to these headers: the first value is the one the client used. */

@@ -68,7 +68,7 @@ export const configSchema = z.object({
   /** Worker processes serve /healthz (is it still consuming?) and /readyz on this port when set. */
   WORKER_HEALTH_PORT: z.coerce.number().int().min(0).max(65535).optional(),
 
-  /** Jobs in flight per worker process. */
+  /** Processor calls in flight per worker process (see README, Performance). */
   WORKER_CONCURRENCY: positiveInt.max(1000).default(100),
   /** BullMQ job lock duration and stalled-job check interval: a job whose worker died is
    *  picked up again after at most about lock + interval. */

@@ -35,7 +35,8 @@ export function createLogger(config: Pick<Config, 'LOG_LEVEL' | 'LOG_FORMAT'>, n
   // a write is in flight and measures the whole buffer's byte length on every line (7% of the
   // worker's CPU in a profile), and each write goes through the libuv thread pool. Synchronous
   // is also pino's default: a log reader that falls behind slows the process rather than
-  // letting memory grow.
+  // letting memory grow (on a full non-blocking pipe, sonic-boom retries the write after
+  // sleeping 100 ms, event loop included).
   const destination = pino.destination({ sync: true, minLength: 4096 });
   setInterval(() => destination.flush(), FLUSH_INTERVAL_MS).unref();
   const log = pino(options, destination);

@@ -11,7 +11,7 @@ import type { RedisClient } from './redis.js';
 
 /** A job that carries one operation: a retry, or a re-enqueue by the reconciler. */
 export const JOB_NAME = 'process-operation';
-/** A job that carries the operations the API created in one event-loop tick. */
+/** A job that carries a batch of operations the API created together (api/create-batcher.ts). */
 export const BATCH_JOB_NAME = 'process-batch';
 
 /**

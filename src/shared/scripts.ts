@@ -35,9 +35,9 @@ end
  *  redis.call costs Redis more than the member it adds (INFO commandstats: the scripts' own
  *  overhead was larger than the commands they ran). Chunked to stay far below Lua's stack limit. */
 const MANY = `
-local function zadd_many(key, pairs)
-  for i = 1, #pairs, 500 do
-    redis.call('ZADD', key, unpack(pairs, i, math.min(i + 499, #pairs)))
+local function zadd_many(key, scores_and_members)
+  for i = 1, #scores_and_members, 500 do
+    redis.call('ZADD', key, unpack(scores_and_members, i, math.min(i + 499, #scores_and_members)))
   end
 end
 local function zrem_many(key, members)
@@ -49,7 +49,7 @@ end
 
 /**
  * create: create-if-absent for one or many operations of one connection (the API commits the
- * creates of one event-loop tick together).
+ * creates of a batch together, api/create-batcher.ts).
  * KEYS[1] index, KEYS[2] inprogress status index
  * ARGV[1] now ms, ARGV[2] operation key prefix, ARGV[3] index ttl ms, ARGV[4] id of the job that
  * will carry these operations ('' when it is each operation's own), ARGV[5..] operation ids
@@ -119,7 +119,7 @@ for i = 5, #ARGV, 3 do
     redis.call('PEXPIRE', key, retention)
     leaving[#leaving + 1] = id
     local scored = entering[target]
-    scored[#scored + 1] = record[2]
+    scored[#scored + 1] = record[2] or now -- a record always has c; never fail the whole batch on one
     scored[#scored + 1] = id
     results[#results + 1] = 1
   end

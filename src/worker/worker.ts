@@ -75,8 +75,8 @@ export interface OperationWorker {
  */
 export function createWorker({ connection, store, queue, processor, config, log, metrics }: WorkerDeps): OperationWorker {
   const shutdown = new AbortController();
-  // Every processor call in flight may listen to it (the HTTP processor's request does): up to
-  // WORKER_CONCURRENCY listeners is the design, not a leak for Node to warn about.
+  // Every processor call in flight may listen to it (a module processor passing it on to its own
+  // requests): up to WORKER_CONCURRENCY listeners is the design, not a leak for Node to warn about.
   setMaxListeners(config.WORKER_CONCURRENCY + 10, shutdown.signal);
   // Processor calls in flight in this process, whatever jobs they belong to: a batch must not
   // multiply WORKER_CONCURRENCY. While every slot is taken, the BullMQ workers take no new job
