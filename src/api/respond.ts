@@ -8,7 +8,8 @@ const withRequestIds = new WeakSet<Response>();
  * A JSON response carrying the request's ids and `headers`, with its headers as a plain object.
  * Hono's c.header(), or c.json() with more than one header, builds a fetch `Headers` object that
  * @hono/node-server then copies header by header; a plain object goes straight to writeHead.
- * Every answer of the operation routes, errors included, is built here.
+ * Every answer of the operation routes, errors included, is built here. A header a middleware
+ * sets with c.header() before next() would not reach these answers: pass it in `headers` instead.
  */
 export function jsonResponse(c: Context<AppEnv>, body: unknown, status: number, headers: Record<string, string> = {}): Response {
   const ids: Record<string, string> = {};
