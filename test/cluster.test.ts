@@ -123,6 +123,15 @@ describe('the operation store on a three-master Redis Cluster', () => {
     expect(await store.count(connection, 'inprogress')).toBe(3);
     expect(await store.count(connection, 'completed')).toBe(1);
     expect(await store.connections()).toEqual([connection]);
+    expect((await store.registryPage('0', 10)).connections.map((entry) => entry.connection)).toEqual([connection]);
+
+    // The attempt scripts reach operation hashes through ARGV as well.
+    const rules = { leaseMs: 60_000, attempts: 2, exhausted: { errorCode: 'processingInterrupted', message: 'spent', details: [] } };
+    const claims = await store.claim(connection, [{ operationId: 'op-3', jobId: '', holder: 'h1' }, { operationId: 'op-4', jobId: '', holder: 'h2' }], rules);
+    expect(claims).toEqual([{ kind: 'claimed', attempt: 1 }, { kind: 'claimed', attempt: 1 }]);
+    expect(await store.renewLeases(connection, [{ operationId: 'op-3', holder: 'h1' }, { operationId: 'op-4', holder: 'other' }], 60_000)).toEqual([true, false]);
+    expect(await store.finishMany(connection, [{ operationId: 'op-3', holder: 'h1', status: 'completed' }, { operationId: 'op-4', holder: 'h2', status: 'retry' }])).toEqual(['finished', 'finished']);
+    expect(await store.handToOwnJob({ ...connection, operationId: 'op-4' }, 'batch~none')).toBe(false);
   });
 
   it('lets exactly one of many concurrent creates of one id win, across two cluster clients', async () => {
@@ -423,9 +432,15 @@ describe('the rate limit and the reconciler on the cluster', () => {
   it('gives the reconciler lock to one caller at a time and re-enqueues jobless operations into their shards', async () => {
     const prefix = uniquePrefix();
     const store = storeFor(prefix);
-    expect(await store.acquireReconcilerLock(300)).toBe(true);
-    expect(await store.acquireReconcilerLock(300)).toBe(false);
-    await pollUntil(() => store.acquireReconcilerLock(300), { timeoutMs: 5000, what: 'the reconciler lock to lapse' });
+    expect(await store.acquireReconcilerLock('first', 300)).toBe(true);
+    expect(await store.acquireReconcilerLock('second', 300)).toBe(false);
+    expect(await store.renewReconcilerLock('second', 300)).toBe(false);
+    expect(await store.renewReconcilerLock('first', 300)).toBe(true);
+    await store.releaseReconcilerLock('second');
+    expect(await store.acquireReconcilerLock('second', 300)).toBe(false);
+    await store.releaseReconcilerLock('first');
+    expect(await store.acquireReconcilerLock('second', 300)).toBe(true);
+    await pollUntil(() => store.acquireReconcilerLock('third', 300), { timeoutMs: 5000, what: 'the reconciler lock to lapse' });
 
     const queue = new OperationQueue(redis, prefix, { attempts: 5, backoffMs: 50 }, silentLog, SHARDS);
     try {

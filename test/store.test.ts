@@ -107,11 +107,89 @@ describe('OperationStore.finish', () => {
   });
 });
 
-describe('OperationStore.statuses', () => {
-  it('reads the status of several operations in order, undefined for unknown ones', async () => {
-    await store.createMany(connection, ['a', 'b', 'c']);
-    await store.finish(ref('b'), 'failed', { errorCode: 'x', message: 'y', details: [] });
-    expect(await store.statuses(connection, ['c', 'b', 'nope', 'a'])).toEqual(['inprogress', 'failed', undefined, 'inprogress']);
+describe('OperationStore.claim', () => {
+  const rules = (leaseMs = 60_000, attempts = 3) => ({
+    leaseMs,
+    attempts,
+    exhausted: { errorCode: 'processingInterrupted', message: 'attempts spent', details: [] },
+  });
+  const claim = (operationId: string, holder: string, { jobId = '', leaseMs = 60_000, attempts = 3 } = {}) =>
+    store.claim(connection, [{ operationId, jobId, holder }], rules(leaseMs, attempts)).then((results) => results[0]);
+  const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  it('gives an attempt to one holder at a time and counts attempts on the operation', async () => {
+    await store.create(ref('x'));
+    expect(await claim('x', 'h1')).toEqual({ kind: 'claimed', attempt: 1 });
+    expect(await claim('x', 'h2')).toMatchObject({ kind: 'busy' });
+    expect(await store.finishMany(connection, [{ operationId: 'x', holder: 'h1', status: 'retry' }])).toEqual(['finished']);
+    expect(await claim('x', 'h2')).toEqual({ kind: 'claimed', attempt: 2 });
+    expect(await store.finishMany(connection, [{ operationId: 'x', holder: 'h2', status: 'completed' }])).toEqual(['finished']);
+    expect(await claim('x', 'h3')).toEqual({ kind: 'terminal' });
+    expect(await claim('ghost', 'h3')).toEqual({ kind: 'missing' });
+  });
+
+  it('claims 50 concurrent requests for one attempt exactly once, from separate connections', async () => {
+    await store.create(ref('race'));
+    const clients = await Promise.all(Array.from({ length: 5 }, async () => {
+      const client = createRedis({ url: inject('redisUrl'), role: 'consumer' });
+      await waitUntilReady(client);
+      return client;
+    }));
+    try {
+      const stores = clients.map((client) => new OperationStore(client, { prefix, retentionMs: 60_000 }));
+      const results = await Promise.all(
+        Array.from({ length: 50 }, (_, i) => stores[i % 5]!.claim(connection, [{ operationId: 'race', jobId: '', holder: `h${i}` }], rules())),
+      );
+      expect(results.flat().filter((result) => result.kind === 'claimed')).toEqual([{ kind: 'claimed', attempt: 1 }]);
+    } finally {
+      await Promise.all(clients.map((client) => client.quit()));
+    }
+  });
+
+  it('lets another holder take over an expired lease, and refuses the first holder\'s outcome (fencing)', async () => {
+    await store.create(ref('x'));
+    expect(await claim('x', 'slow', { leaseMs: 50 })).toEqual({ kind: 'claimed', attempt: 1 });
+    await sleep(80);
+    expect(await claim('x', 'next', { leaseMs: 50 })).toEqual({ kind: 'claimed', attempt: 2 });
+    expect(await store.finishMany(connection, [{ operationId: 'x', holder: 'slow', status: 'completed' }])).toEqual(['superseded']);
+    expect(await store.renewLeases(connection, [{ operationId: 'x', holder: 'slow' }, { operationId: 'x', holder: 'next' }], 50)).toEqual([false, true]);
+    expect(await store.finishMany(connection, [{ operationId: 'x', holder: 'next', status: 'completed' }])).toEqual(['finished']);
+  });
+
+  it('fails an operation whose attempts are spent without an outcome, at its next claim', async () => {
+    await store.create(ref('x'));
+    expect(await claim('x', 'h1', { leaseMs: 20, attempts: 1 })).toEqual({ kind: 'claimed', attempt: 1 });
+    await sleep(40); // its holder died
+    expect(await claim('x', 'h2', { leaseMs: 20, attempts: 1 })).toEqual({ kind: 'exhausted', attempts: 1 });
+    expect(await store.get(ref('x'))).toMatchObject({ status: 'failed', error: { errorCode: 'processingInterrupted', message: 'attempts spent' } });
+    expect(await store.count(connection, 'inprogress')).toBe(0);
+    expect(await store.count(connection, 'failed')).toBe(1);
+  });
+
+  it('lets only the job that carries an operation claim it, and gives an interrupted attempt back', async () => {
+    await store.createMany(connection, ['x'], 'batch~1');
+    expect(await claim('x', 'own')).toEqual({ kind: 'elsewhere' });
+    expect(await claim('x', 'b', { jobId: 'batch~1' })).toEqual({ kind: 'claimed', attempt: 1 });
+    expect(await store.finishMany(connection, [{ operationId: 'x', holder: 'b', status: 'interrupted' }])).toEqual(['finished']);
+    expect(await claim('x', 'b2', { jobId: 'batch~1' })).toEqual({ kind: 'claimed', attempt: 1 });
+    // A retry leaves the batch: the next attempt is the operation's own job's.
+    expect(await store.finishMany(connection, [{ operationId: 'x', holder: 'b2', status: 'retry' }])).toEqual(['finished']);
+    expect(await claim('x', 'b3', { jobId: 'batch~1' })).toEqual({ kind: 'elsewhere' });
+    expect(await claim('x', 'own')).toEqual({ kind: 'claimed', attempt: 2 });
+  });
+
+  it('hands an operation to its own job only from the batch that carries it', async () => {
+    await store.createMany(connection, ['x'], 'batch~1');
+    expect(await store.handToOwnJob(ref('x'), 'batch~other')).toBe(false);
+    expect(await store.handToOwnJob(ref('x'), 'batch~1')).toBe(true);
+    expect(await claim('x', 'own')).toEqual({ kind: 'claimed', attempt: 1 });
+  });
+
+  it('keeps only the resource fields on a terminal record', async () => {
+    await store.createMany(connection, ['x'], 'batch~1');
+    await claim('x', 'h', { jobId: 'batch~1' });
+    await store.finishMany(connection, [{ operationId: 'x', holder: 'h', status: 'failed', error: { errorCode: 'e', message: 'm', details: [] } }]);
+    expect(Object.keys(await redis.hgetall(store.keys.operation(ref('x')))).sort()).toEqual(['c', 'e', 's', 'u']);
   });
 });
 

@@ -9,7 +9,7 @@ import type { RedisClient } from './redis.js';
  * API and workers both build their BullMQ objects from here.
  */
 
-/** A job that carries one operation: a retry, or a re-enqueue by the reconciler. */
+/** A job that carries one operation, its "own job": a retry, or a re-enqueue by the reconciler. */
 export const JOB_NAME = 'process-operation';
 /** A job that carries a batch of operations the API created together (api/create-batcher.ts). */
 export const BATCH_JOB_NAME = 'process-batch';
@@ -26,10 +26,8 @@ export function queueName(shard: number, shards: number): string {
 /** The single-shard queue name (the default deployment). */
 export const QUEUE_NAME = queueName(0, 1);
 
-export interface OperationJobData extends OperationRef {
-  /** Attempts already spent before this job (in a batch, or in earlier jobs). */
-  attemptsBefore?: number;
-}
+/** Attempts are counted on the operation (OperationStore.claim), not on its jobs. */
+export type OperationJobData = OperationRef;
 export interface BatchJobData {
   batch: OperationRef[];
 }
@@ -59,10 +57,11 @@ export function newBatchJobId(): string {
 }
 
 /**
- * Options of every job: `attempts` in total with exponential backoff from `firstBackoffMs`.
- * The operation record is the durable result, so a completed job is removed at once; jobs fail
- * in BullMQ only when an outcome could not be written (the reconciler repairs those), and the
- * last ones are kept for inspection.
+ * Options of every job. BullMQ's `attempts` and backoff retry a job whose Redis writes failed;
+ * an operation's own attempts are counted on the operation, whatever job carries it. The
+ * operation record is the durable result, so a completed job is removed at once; jobs fail in
+ * BullMQ only when Redis kept failing them (the reconciler repairs those), and the last ones are
+ * kept for inspection.
  */
 function jobOptions(jobId: string, attempts: number, firstBackoffMs: number, delay = 0): JobsOptions {
   return {
@@ -109,27 +108,27 @@ export class OperationQueue {
     return this.queueOfJob(jobIdOf(ref));
   }
 
-  /** Idempotent while the job exists: BullMQ ignores an add whose job id is taken. */
-  async enqueue(ref: OperationRef): Promise<void> {
-    await this.queueFor(ref).add(JOB_NAME, ref, jobOptions(jobIdOf(ref), this.policy.attempts, this.policy.backoffMs));
+  /** The operation's own job, after `delayMs`. Idempotent while the job exists: BullMQ ignores an
+   *  add whose job id is taken. */
+  async enqueue(ref: OperationRef, delayMs = 0): Promise<void> {
+    const { tenantId, connectionId, operationId } = ref;
+    await this.queueFor(ref).add(
+      JOB_NAME,
+      { tenantId, connectionId, operationId },
+      jobOptions(jobIdOf(ref), this.policy.attempts, this.policy.backoffMs, delayMs),
+    );
+  }
+
+  /** How long an operation waits before its attempt `attempt + 1`: exponential from the first
+   *  backoff. */
+  backoffAfter(attempt: number): number {
+    return this.policy.backoffMs * 2 ** (attempt - 1);
   }
 
   /** One job for operations created together (`jobId` from newBatchJobId, recorded on them). */
   async enqueueBatch(jobId: string, batch: OperationRef[]): Promise<void> {
     const queue = this.queues[shardOf(jobId, this.queues.length)]!;
     await queue.add(BATCH_JOB_NAME, { batch }, jobOptions(jobId, this.policy.attempts, this.policy.backoffMs));
-  }
-
-  /** An operation of a batch whose attempt failed transiently continues as its own job, after
-   *  the backoff its attempt count calls for, with the attempts it has left. */
-  async enqueueRetry(ref: OperationRef, attemptsBefore: number): Promise<void> {
-    const { attempts, backoffMs } = this.policy;
-    const delay = backoffMs * 2 ** (attemptsBefore - 1);
-    await this.queueFor(ref).add(
-      JOB_NAME,
-      { ...ref, attemptsBefore },
-      jobOptions(jobIdOf(ref), attempts - attemptsBefore, delay * 2, delay),
-    );
   }
 
   /** BullMQ's state of a job ('unknown' when there is none). */

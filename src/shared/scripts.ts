@@ -17,7 +17,8 @@ import type { RedisClient } from './redis.js';
  * learns the ids inside the script.)
  *
  * An operation hash holds: s = status, e = errorDetail JSON (failed only), c = created ms,
- * u = last action ms, j = id of the batch job carrying it (while inprogress, when batched).
+ * u = last action ms; while inprogress also j = id of the batch job carrying it (absent: its own
+ * job), a = attempts claimed, h = the holder of the current attempt, l = when its lease expires.
  */
 
 /** Removes up to `n` of the oldest index entries whose operation hash has expired. Amortizes
@@ -84,72 +85,208 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return created
 `;
 
-/**
- * finish: the one inprogress -> terminal transition, for one or many operations of one
- * connection (a worker records the outcomes of a batch together). A terminal operation never
- * changes again.
- * KEYS[1] inprogress status index, KEYS[2] completed status index, KEYS[3] failed status index,
- * KEYS[4] index
- * ARGV[1] now ms, ARGV[2] retention ms, ARGV[3] operation key prefix, ARGV[4] index ttl ms,
- * then per operation: id, terminal status (completed|failed), errorDetail JSON or ''
- * Returns one number per operation: 1 when this call finished it, 0 when it was already
- * terminal, -1 when it is unknown (expired).
- */
-const FINISH = `${PRUNE_OLDEST}${MANY}
-local now, retention, op_prefix, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local target_index = { completed = KEYS[2], failed = KEYS[3] }
-local results, leaving, entering = {}, {}, { completed = {}, failed = {} }
-for i = 5, #ARGV, 3 do
-  local id, target, error_json = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local key = op_prefix .. id
-  local record = redis.call('HMGET', key, 's', 'c')
-  local status = record[1]
-  if not status then
-    leaving[#leaving + 1] = id
-    results[#results + 1] = -1
-  elseif status ~= 'inprogress' then
-    results[#results + 1] = 0
-  else
-    if error_json ~= '' then
-      redis.call('HSET', key, 's', target, 'u', now, 'e', error_json)
-    else
-      redis.call('HSET', key, 's', target, 'u', now)
-    end
-    redis.call('HDEL', key, 'j')
-    redis.call('PEXPIRE', key, retention)
-    leaving[#leaving + 1] = id
-    local scored = entering[target]
-    scored[#scored + 1] = record[2] or now -- a record always has c; never fail the whole batch on one
-    scored[#scored + 1] = id
-    results[#results + 1] = 1
-  end
+/** Redis's own clock in ms: leases are compared against one clock, whichever worker's clock
+ *  is off. (Scripts may call TIME since Redis 5 replicates their effects, not the script.) */
+const REDIS_MS = `
+local function redis_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-zrem_many(KEYS[1], leaving)
-for target, scored in pairs(entering) do
-  if #scored > 0 then
-    zadd_many(target_index[target], scored)
-    prune_oldest(target_index[target], op_prefix, 2)
-    redis.call('PEXPIRE', target_index[target], ttl)
-  end
-end
-redis.call('PEXPIRE', KEYS[4], ttl)
-return results
 `;
 
 /**
- * statuses: the status of several operations of one connection, in one call (a worker reads
- * them before running a batch; a pipeline of one HMGET each cost the worker more CPU than the
- * rest of an operation's Redis work).
- * KEYS[1] the connection's inprogress status index (only routes the call to the connection's slot)
- * ARGV[1] operation key prefix, ARGV[2..] operation ids
- * Returns one status per id, '' when the operation does not exist.
+ * The terminal transition shared by FINISH and CLAIM, which take the same KEYS and ARGV[1..4]:
+ * KEYS[1] inprogress status index, KEYS[2] completed, KEYS[3] failed, KEYS[4] index;
+ * ARGV[1] now ms, ARGV[2] retention ms, ARGV[3] operation key prefix, ARGV[4] index ttl ms.
+ * `end_operation` writes the record at once; `move_indexes` moves the index entries of every
+ * operation ended in this call, in a few variadic calls. The claim fields go: a terminal record
+ * keeps only s, e, c and u.
  */
-const STATUSES = `
+const TERMINAL = `${PRUNE_OLDEST}${MANY}
+local leaving, entering = {}, { completed = {}, failed = {} }
+local function end_operation(key, id, created, target, error_json)
+  if error_json ~= '' then
+    redis.call('HSET', key, 's', target, 'u', ARGV[1], 'e', error_json)
+  else
+    redis.call('HSET', key, 's', target, 'u', ARGV[1])
+  end
+  redis.call('HDEL', key, 'j', 'a', 'h', 'l')
+  redis.call('PEXPIRE', key, ARGV[2])
+  leaving[#leaving + 1] = id
+  local scored = entering[target]
+  scored[#scored + 1] = created or ARGV[1] -- a record always has c; never fail the whole call on one
+  scored[#scored + 1] = id
+end
+local function move_indexes()
+  zrem_many(KEYS[1], leaving)
+  local target_index = { completed = KEYS[2], failed = KEYS[3] }
+  for target, scored in pairs(entering) do
+    if #scored > 0 then
+      zadd_many(target_index[target], scored)
+      prune_oldest(target_index[target], ARGV[3], 2)
+      redis.call('PEXPIRE', target_index[target], ARGV[4])
+    end
+  end
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+end
+`;
+
+/**
+ * claim: takes the next attempt of one or many operations of one connection, for a job of a
+ * worker, before the processor is called. Every attempt goes through here (a batch, a retry job,
+ * a re-enqueue by the reconciler, a job redelivered after a crash), so attempts are counted on
+ * the operation, whatever carries it.
+ * KEYS and ARGV[1..4] as TERMINAL; ARGV[5] lease ms, ARGV[6] attempts allowed in total,
+ * ARGV[7] the errorDetail JSON of an operation whose attempts are spent,
+ * then per operation: id, the claiming job's id ('' for the operation's own job), holder token.
+ * Returns per operation a pair:
+ *   {'claimed', attempt}   the attempt is this holder's until the lease expires (Redis time)
+ *   {'terminal', 0}        completed or failed: the processor must not see it
+ *   {'missing', 0}         no record (expired, or never created)
+ *   {'elsewhere', 0}       another job carries it now (its batch handed it to its own job)
+ *   {'busy', ms}           another holder's lease is live for ms more
+ *   {'exhausted', n}       its n attempts are spent without an outcome (the last holder died or
+ *                          lost its lease): this call recorded it failed
+ * The record's fields: a = attempts claimed, h = holder token, l = lease expiry (Redis ms),
+ * j = the batch job carrying it (absent: its own job).
+ */
+const CLAIM = `${TERMINAL}${REDIS_MS}
+local lease, allowed, exhausted_json = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local now_ms = redis_ms()
 local out = {}
-for i = 2, #ARGV do
-  out[#out + 1] = redis.call('HGET', ARGV[1] .. ARGV[i], 's') or ''
+for i = 8, #ARGV, 3 do
+  local id, job, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local key = ARGV[3] .. id
+  local r = redis.call('HMGET', key, 's', 'j', 'h', 'l', 'a', 'c')
+  if not r[1] then
+    out[#out + 1] = { 'missing', 0 }
+  elseif r[1] ~= 'inprogress' then
+    out[#out + 1] = { 'terminal', 0 }
+  elseif (r[2] or '') ~= job then
+    out[#out + 1] = { 'elsewhere', 0 }
+  elseif r[3] and tonumber(r[4]) > now_ms then
+    out[#out + 1] = { 'busy', tonumber(r[4]) - now_ms }
+  else
+    local spent = tonumber(r[5] or '0')
+    if spent >= allowed then
+      end_operation(key, id, r[6], 'failed', exhausted_json)
+      out[#out + 1] = { 'exhausted', spent }
+    else
+      redis.call('HSET', key, 'a', spent + 1, 'h', token, 'l', now_ms + lease)
+      out[#out + 1] = { 'claimed', spent + 1 }
+    end
+  end
+end
+move_indexes()
+return out
+`;
+
+/**
+ * finish: what an attempt decided, for one or many operations of one connection (a worker
+ * writes the outcomes that end in the same tick together). A terminal operation never changes
+ * again.
+ * KEYS and ARGV[1..4] as TERMINAL, then per operation: id, holder token ('' = unfenced: a write
+ * that no attempt makes), outcome, errorDetail JSON or ''. Outcomes:
+ *   completed | failed   the terminal transition
+ *   retry                the attempt failed and another may follow: the lease is dropped and the
+ *                        operation leaves its batch job (the next attempt is its own job's)
+ *   interrupted          this worker stopped waiting for the attempt (shutdown): the lease is
+ *                        dropped and the attempt given back; the job carrying it runs it again
+ * Fencing: a holder whose lease was taken over (another token holds the record) changes nothing.
+ * Returns one number per operation: 1 done, 0 already terminal, -1 unknown (expired),
+ * -2 refused: the lease is another holder's.
+ */
+const FINISH = `${TERMINAL}
+local out = {}
+for i = 5, #ARGV, 4 do
+  local id, token, outcome, error_json = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local key = ARGV[3] .. id
+  local r = redis.call('HMGET', key, 's', 'h', 'c')
+  if not r[1] then
+    out[#out + 1] = -1
+  elseif r[1] ~= 'inprogress' then
+    out[#out + 1] = 0
+  elseif token ~= '' and r[2] ~= token then
+    out[#out + 1] = -2
+  else
+    if outcome == 'retry' then
+      redis.call('HDEL', key, 'h', 'l', 'j')
+    elseif outcome == 'interrupted' then
+      redis.call('HDEL', key, 'h', 'l')
+      redis.call('HINCRBY', key, 'a', -1)
+    else
+      end_operation(key, id, r[3], outcome, error_json)
+    end
+    out[#out + 1] = 1
+  end
+end
+move_indexes()
+return out
+`;
+
+/**
+ * renew: extends the leases a worker holds, for one or many operations of one connection.
+ * KEYS[1] the connection's inprogress status index (only routes the call to the connection's slot)
+ * ARGV[1] operation key prefix, ARGV[2] lease ms, then per operation: id, holder token.
+ * Returns one number per operation: 1 renewed, 0 lost (finished, or taken over by another holder).
+ */
+const RENEW = `${REDIS_MS}
+local expires = redis_ms() + tonumber(ARGV[2])
+local out = {}
+for i = 3, #ARGV, 2 do
+  local key = ARGV[1] .. ARGV[i]
+  if redis.call('HGET', key, 'h') == ARGV[i + 1] then
+    redis.call('HSET', key, 'l', expires)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
 end
 return out
+`;
+
+/**
+ * hand_over: an operation leaves the batch job that carried it for its own job, only if that
+ * batch job still carries it (the reconciler, when the batch job is gone; a worker, when a
+ * redelivered batch finds another holder on it).
+ * KEYS[1] the operation hash. ARGV[1] the batch job id.
+ * Returns 1 when handed over, 0 when another job carries it already or it is not inprogress.
+ */
+const HAND_OVER = `
+if redis.call('HGET', KEYS[1], 's') == 'inprogress' and redis.call('HGET', KEYS[1], 'j') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'j')
+  return 1
+end
+return 0
+`;
+
+/**
+ * forget_connection: drops a connection from the registry only if no create registered it since
+ * `before`. The caller has seen its inprogress index empty; a create registers its connection
+ * (a fresh score) before writing, and a registration cached by an API process is seconds old, so
+ * a create that races this call either keeps the entry or adds it again.
+ * KEYS[1] the registry. ARGV[1] tag, ARGV[2] before ms. Returns 1 when forgotten.
+ */
+const FORGET_CONNECTION = `
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) < tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+`;
+
+/**
+ * Locks with a holder token: renewed and released only by their holder (the reconciler's sweep).
+ * KEYS[1] the lock. ARGV[1] token, ARGV[2] ttl ms (renew only). Returns 1 when done.
+ */
+const RENEW_LOCK = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+`;
+const RELEASE_LOCK = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 `;
 
 /**
@@ -218,7 +355,12 @@ export class Script {
 
 export const scripts = {
   create: new Script(CREATE),
+  claim: new Script(CLAIM),
   finish: new Script(FINISH),
-  statuses: new Script(STATUSES),
+  renew: new Script(RENEW),
+  handOver: new Script(HAND_OVER),
+  forgetConnection: new Script(FORGET_CONNECTION),
+  renewLock: new Script(RENEW_LOCK),
+  releaseLock: new Script(RELEASE_LOCK),
   list: new Script(LIST),
 };

@@ -32,12 +32,43 @@ export interface ListPage {
 
 export type CreateResult = 'created' | 'exists';
 
-export interface TerminalOutcome {
+/** What an attempt decided (see the finish script): a terminal status, `retry` (another attempt
+ *  follows, on the operation's own job) or `interrupted` (the attempt is given back). */
+export interface AttemptOutcome {
   operationId: string;
-  status: TerminalStatus;
+  status: TerminalStatus | 'retry' | 'interrupted';
   error?: ErrorDetail | undefined;
+  /** The attempt's holder token; without one the write is not fenced (no attempt makes it). */
+  holder?: string;
 }
-export type FinishResult = 'finished' | 'alreadyTerminal' | 'missing';
+/** `finished`: this call wrote the outcome; `superseded`: refused, the holder's lease was taken over by another. */
+export type FinishResult = 'finished' | 'alreadyTerminal' | 'missing' | 'superseded';
+const FINISH_RESULTS: Record<number, FinishResult> = { 1: 'finished', 0: 'alreadyTerminal', [-1]: 'missing', [-2]: 'superseded' };
+
+/** One operation a job wants to run: `jobId` is the claiming job ('' for the operation's own). */
+export interface ClaimRequest {
+  operationId: string;
+  jobId: string;
+  holder: string;
+}
+export type ClaimResult =
+  | { kind: 'claimed'; attempt: number }
+  | { kind: 'terminal' | 'missing' | 'elsewhere' }
+  | { kind: 'busy'; leaseLeftMs: number }
+  | { kind: 'exhausted'; attempts: number };
+
+export interface ClaimRules {
+  leaseMs: number;
+  attempts: number;
+  /** Recorded on an operation whose attempts are spent without an outcome. */
+  exhausted: ErrorDetail;
+}
+
+export interface RegistryPage {
+  connections: { connection: ConnectionRef; lastCreateAt: number }[];
+  /** '0' when the scan is complete. */
+  cursor: string;
+}
 
 export class OperationStore {
   readonly keys: Keys;
@@ -101,41 +132,67 @@ export class OperationStore {
     return toOperation(ref.operationId, status, error ?? '', createdAt, lastActionAt);
   }
 
-  /** Moves an inprogress operation to its terminal status, once; later calls change nothing. */
+  /** Moves an inprogress operation to its terminal status, once; later calls change nothing.
+   *  Not fenced: for writes that no attempt makes. */
   async finish(ref: OperationRef, status: TerminalStatus, error?: ErrorDetail): Promise<FinishResult> {
     return (await this.finishMany(ref, [{ operationId: ref.operationId, status, error }]))[0]!;
   }
 
-  /** `finish` for several operations of one connection, in one atomic script. */
-  async finishMany(connection: ConnectionRef, outcomes: TerminalOutcome[]): Promise<FinishResult[]> {
-    const reply = (await scripts.finish.run(
-      this.redis,
-      [
-        this.keys.statusIndex(connection, 'inprogress'),
-        this.keys.statusIndex(connection, 'completed'),
-        this.keys.statusIndex(connection, 'failed'),
-        this.keys.index(connection),
-      ],
-      [
-        this.now(),
-        this.retentionMs,
-        this.keys.operationPrefix(connection),
-        this.indexTtlMs,
-        ...outcomes.flatMap(({ operationId, status, error }) => [operationId, status, error ? JSON.stringify(error) : '']),
-      ],
-    )) as number[];
-    return reply.map((result) => (result === 1 ? 'finished' : result === 0 ? 'alreadyTerminal' : 'missing'));
+  /** What attempts of several operations of one connection decided, in one atomic script. */
+  async finishMany(connection: ConnectionRef, outcomes: AttemptOutcome[]): Promise<FinishResult[]> {
+    const args: (string | number)[] = [];
+    for (const { operationId, holder, status, error } of outcomes) {
+      args.push(operationId, holder ?? '', status, error ? JSON.stringify(error) : '');
+    }
+    const reply = (await scripts.finish.run(this.redis, this.terminalKeys(connection), [...this.terminalArgs(connection), ...args])) as number[];
+    return reply.map((result) => FINISH_RESULTS[result]!);
   }
 
-  /** The status of several operations of one connection, in one script call; undefined for an
-   *  operation that does not exist (expired, or never created). */
-  async statuses(connection: ConnectionRef, operationIds: string[]): Promise<(OperationStatus | undefined)[]> {
-    const reply = (await scripts.statuses.run(
+  /** Claims the next attempt of several operations of one connection, in one atomic script
+   *  (see the claim script for what each result means). */
+  async claim(connection: ConnectionRef, requests: ClaimRequest[], rules: ClaimRules): Promise<ClaimResult[]> {
+    const args: (string | number)[] = [rules.leaseMs, rules.attempts, JSON.stringify(rules.exhausted)];
+    for (const { operationId, jobId, holder } of requests) args.push(operationId, jobId, holder);
+    const reply = (await scripts.claim.run(this.redis, this.terminalKeys(connection), [...this.terminalArgs(connection), ...args])) as [
+      string,
+      number,
+    ][];
+    return reply.map(([kind, n]): ClaimResult => {
+      if (kind === 'claimed') return { kind, attempt: n };
+      if (kind === 'busy') return { kind, leaseLeftMs: n };
+      if (kind === 'exhausted') return { kind, attempts: n };
+      return { kind: kind as 'terminal' | 'missing' | 'elsewhere' };
+    });
+  }
+
+  /** Extends the leases of attempts a worker holds; false where the lease was lost. */
+  async renewLeases(connection: ConnectionRef, held: { operationId: string; holder: string }[], leaseMs: number): Promise<boolean[]> {
+    const args: string[] = [];
+    for (const { operationId, holder } of held) args.push(operationId, holder);
+    const reply = (await scripts.renew.run(
       this.redis,
       [this.keys.statusIndex(connection, 'inprogress')],
-      [this.keys.operationPrefix(connection), ...operationIds],
-    )) as string[];
-    return reply.map((status) => (status ? (status as OperationStatus) : undefined));
+      [this.keys.operationPrefix(connection), leaseMs, ...args],
+    )) as number[];
+    return reply.map((renewed) => renewed === 1);
+  }
+
+  /** The operation leaves batch job `batchJobId` for its own job, if that batch still carries it. */
+  async handToOwnJob(ref: OperationRef, batchJobId: string): Promise<boolean> {
+    return (await scripts.handOver.run(this.redis, [this.keys.operation(ref)], [batchJobId])) === 1;
+  }
+
+  private terminalKeys(connection: ConnectionRef): string[] {
+    return [
+      this.keys.statusIndex(connection, 'inprogress'),
+      this.keys.statusIndex(connection, 'completed'),
+      this.keys.statusIndex(connection, 'failed'),
+      this.keys.index(connection),
+    ];
+  }
+
+  private terminalArgs(connection: ConnectionRef): (string | number)[] {
+    return [this.now(), this.retentionMs, this.keys.operationPrefix(connection), this.indexTtlMs];
   }
 
   /** One page of a connection's operations, newest first, optionally of one status. */
@@ -167,10 +224,23 @@ export class OperationStore {
 
   // ---- for the reconciler ----
 
-  /** Connections that had creates, oldest registry entries first. */
+  /** Connections that had creates, oldest registry entries first (tests and tools; a sweep
+   *  pages with `registryPage`). */
   async connections(): Promise<ConnectionRef[]> {
     const tags = await this.redis.zrange(this.keys.connections(), 0, -1);
     return tags.map(parseConnectionTag).filter((ref): ref is ConnectionRef => ref !== undefined);
+  }
+
+  /** One page of the connection registry. A scan cursor, not an offset: a sweep that forgets
+   *  connections as it goes still sees every entry that stays. */
+  async registryPage(cursor: string, count: number): Promise<RegistryPage> {
+    const [next, flat] = await this.redis.zscan(this.keys.connections(), cursor, 'COUNT', count);
+    const connections: RegistryPage['connections'] = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) {
+      const connection = parseConnectionTag(flat[i]!);
+      if (connection) connections.push({ connection, lastCreateAt: Number(flat[i + 1]) });
+    }
+    return { connections, cursor: next };
   }
 
   /** Ids of a connection's inprogress operations created before `before` (ms), oldest first. */
@@ -185,19 +255,37 @@ export class OperationStore {
     );
   }
 
-  /** Drops a connection from the registry when it has had no create for longer than the
-   *  retention and nothing of it is inprogress. */
-  async forgetIdleConnection(connection: ConnectionRef): Promise<boolean> {
-    const score = await this.redis.zscore(this.keys.connections(), connectionTag(connection));
-    if (score === null || Number(score) > this.now() - this.indexTtlMs) return false;
-    if ((await this.count(connection, 'inprogress')) > 0) return false;
-    await this.redis.zrem(this.keys.connections(), connectionTag(connection));
-    return true;
+  /** When a registry entry may be forgotten: no create for longer than the retention (its
+   *  records and indexes have expired by then). */
+  idleBefore(): number {
+    return this.now() - this.indexTtlMs;
   }
 
-  /** True for the one caller that gets the lock until it expires after `ttlMs`. */
-  async acquireReconcilerLock(ttlMs: number): Promise<boolean> {
-    return (await this.redis.set(this.keys.reconcilerLock(), String(process.pid), 'PX', ttlMs, 'NX')) === 'OK';
+  /**
+   * Drops a connection from the registry when nothing of it is inprogress and no create has
+   * registered it since `idleBefore()`. The two checks are two slots on a cluster (the registry,
+   * the connection's index), so the removal itself re-checks the registry entry atomically: a
+   * create registers before it writes, so one racing this call keeps or restores the entry.
+   */
+  async forgetIdleConnection(connection: ConnectionRef): Promise<boolean> {
+    if ((await this.count(connection, 'inprogress')) > 0) return false;
+    const forgotten = await scripts.forgetConnection.run(this.redis, [this.keys.connections()], [connectionTag(connection), this.idleBefore()]);
+    return forgotten === 1;
+  }
+
+  /** Takes the reconciler lock for `holder` unless another holds it; it lapses after `ttlMs`
+   *  unless renewed. */
+  async acquireReconcilerLock(holder: string, ttlMs: number): Promise<boolean> {
+    return (await this.redis.set(this.keys.reconcilerLock(), holder, 'PX', ttlMs, 'NX')) === 'OK';
+  }
+
+  /** Extends the lock if `holder` still holds it; false when it was lost. */
+  async renewReconcilerLock(holder: string, ttlMs: number): Promise<boolean> {
+    return (await scripts.renewLock.run(this.redis, [this.keys.reconcilerLock()], [holder, ttlMs])) === 1;
+  }
+
+  async releaseReconcilerLock(holder: string): Promise<void> {
+    await scripts.releaseLock.run(this.redis, [this.keys.reconcilerLock()], [holder]);
   }
 
   /** Records that a connection has operations, before the first of them is written, so the

@@ -3,8 +3,8 @@ import { errorDetailSchema, type ErrorDetail, type OperationStatus } from '../sh
 /**
  * The processor contract. A processor is an async function that does an operation's work:
  * resolving means `completed`; throwing an OperationFailure (or any error carrying a valid
- * `errorDetail`) means `failed` at once; throwing anything else is transient and retried until
- * the attempts run out.
+ * `errorDetail`, or BullMQ's UnrecoverableError) means `failed` at once; throwing anything else
+ * is transient and retried until the attempts run out.
  */
 export interface ProcessorInput {
   tenantId: string;
@@ -12,7 +12,8 @@ export interface ProcessorInput {
   operation: { id: string; status: OperationStatus; error: ErrorDetail | null };
   /** 1 on the first attempt. */
   attempt: number;
-  /** Aborted when the worker is shutting down and stops waiting for the processor. */
+  /** Aborted when the worker stops waiting for the processor: at its shutdown deadline, or when
+   *  another worker took the attempt over (this worker missed its lease renewals). */
   signal: AbortSignal;
 }
 
@@ -38,11 +39,27 @@ export class TransientFailure extends Error {
 }
 
 /** The errorDetail of a permanent failure; module processors need not import our class, an
- *  error with a valid `errorDetail` property is enough. */
+ *  error with a valid `errorDetail` property is enough. BullMQ's UnrecoverableError is
+ *  permanent too, recognised by name: a module may bring its own copy of bullmq. */
 export function permanentFailureOf(error: unknown): ErrorDetail | undefined {
+  if (error instanceof Error && error.name === 'UnrecoverableError') {
+    return { errorCode: 'processingFailed', message: error.message, details: [] };
+  }
   if (typeof error !== 'object' || error === null || !('errorDetail' in error)) return undefined;
   const parsed = errorDetailSchema.safeParse(error.errorDetail);
   return parsed.success ? parsed.data : undefined;
+}
+
+/** What an operation records when its attempts are spent and the last one never reported: its
+ *  worker died, or lost its lease, while the processor ran. */
+export function interruptedFailure(attempts: number): ErrorDetail {
+  return {
+    errorCode: 'processingInterrupted',
+    message:
+      `Processing stopped before finishing on the last of ${attempts} attempt${attempts === 1 ? '' : 's'}: ` +
+      'the worker running it stopped or lost its lease.',
+    details: [],
+  };
 }
 
 /** What the operation records when its last attempt failed transiently. */
