@@ -274,6 +274,36 @@ describe('list operations', () => {
     expect(seen).toEqual(['op006', 'op005', 'op004', 'op003', 'op002', 'op001', 'op000']);
   });
 
+  it('reaches an inprogress operation behind 60 newer ones that completed and expired, with $top=1', async () => {
+    await ctx.close();
+    ctx = await createApiContext({ OPERATION_RETENTION_SECONDS: '1' });
+    await createMany(61);
+    const ref = { tenantId: '11111111-1111-4111-8111-111111111111', connectionId: 'contosohr' };
+    const finished = Array.from({ length: 60 }, (_, i) => ({ operationId: `op${String(i + 1).padStart(3, '0')}`, status: 'completed' as const }));
+    expect(new Set(await ctx.store.finishMany(ref, finished))).toEqual(new Set(['finished']));
+    // Retention 1 s: wait for Redis to expire the 60 hashes; their index entries stay.
+    const ids = finished.map((op) => op.operationId);
+    await vi.waitFor(
+      async () => expect(await Promise.all(ids.map((operationId) => ctx.store.get({ ...ref, operationId })))).toEqual(ids.map(() => undefined)),
+      { timeout: 5000, interval: 50 },
+    );
+
+    const seen: string[] = [];
+    const pageSizes: number[] = [];
+    let url: string | undefined = `${OPS}?$top=1`;
+    while (url && pageSizes.length < 100) {
+      const response = await ctx.request(url);
+      expect(response.status).toBe(200);
+      const body = (await response.json()) as { value: { id: string; status: string }[]; '@odata.nextLink'?: string };
+      seen.push(...body.value.map((op) => `${op.id}:${op.status}`));
+      pageSizes.push(body.value.length);
+      url = body['@odata.nextLink']?.replace('http://localhost', '');
+    }
+    expect(seen).toEqual(['op000:inprogress']);
+    // The first page's scan budget went to expired entries: it is empty, and still has a nextLink.
+    expect(pageSizes[0]).toBe(0);
+  });
+
   it('filters by status and counts with $count=true', async () => {
     await createMany(4);
     const ref = { tenantId: '11111111-1111-4111-8111-111111111111', connectionId: 'contosohr' };

@@ -1,7 +1,8 @@
+import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { createRedis, waitUntilReady, type RedisClient } from '../src/shared/redis.js';
-import { OperationStore } from '../src/shared/store.js';
+import { OperationStore, type ListCursor } from '../src/shared/store.js';
 import { deleteKeys, uniquePrefix } from './support/context.js';
 
 const connection = { tenantId: 'tenant-a', connectionId: 'conn1' };
@@ -256,4 +257,151 @@ describe('OperationStore.list', () => {
     expect(page.operations.map((op) => op.id)).toEqual(['op3', 'op1']);
     expect(await store.count(connection, 'inprogress')).toBe(2);
   });
+});
+
+describe('OperationStore.list never ends early', () => {
+  /** Finishes the operations through a store whose retention is 1 ms, then waits until Redis
+   *  has expired their hashes: the index entries stay, as after a real retention. */
+  async function completeAndExpire(conn: typeof connection, ids: string[]) {
+    if (ids.length === 0) return;
+    expect(new Set(await newStore(1).finishMany(conn, ids.map((operationId) => ({ operationId, status: 'completed' }))))).toEqual(
+      new Set(['finished']),
+    );
+    const deadline = Date.now() + 5000;
+    while ((await Promise.all(ids.map((operationId) => store.get({ ...conn, operationId })))).some((op) => op !== undefined)) {
+      if (Date.now() > deadline) throw new Error('operations did not expire');
+      await new Promise((resolve) => setTimeout(resolve, 2));
+    }
+  }
+
+  /** Follows next cursors to the end; `between` runs before every page but the first. */
+  async function listAll(
+    conn: typeof connection,
+    { top, status, between }: { top: number; status?: 'completed'; between?: (lastPage: string[]) => Promise<unknown> },
+  ) {
+    const seen: string[] = [];
+    const pages: { ids: string[]; next?: ListCursor }[] = [];
+    let cursor: ListCursor | undefined;
+    do {
+      if (pages.length > 0 && between) await between(pages.at(-1)!.ids);
+      const page = await store.list(conn, { top, ...(status ? { status } : {}), ...(cursor ? { cursor } : {}) });
+      expect(page.operations.length).toBeLessThanOrEqual(top);
+      pages.push({ ids: page.operations.map((op) => op.id), ...(page.next ? { next: page.next } : {}) });
+      seen.push(...page.operations.map((op) => op.id));
+      cursor = page.next;
+      if (pages.length > 1000) throw new Error('listing does not end');
+    } while (cursor);
+    return { seen, pages };
+  }
+
+  it('reaches an inprogress operation behind 60 newer ones that completed and expired, with top=1', async () => {
+    clock += 1;
+    await store.create(ref('live'));
+    const expired = Array.from({ length: 60 }, (_, i) => `gone${i}`);
+    for (const id of expired) {
+      clock += 1;
+      await store.create(ref(id));
+    }
+    await completeAndExpire(connection, expired);
+
+    const { seen, pages } = await listAll(connection, { top: 1 });
+    expect(seen).toEqual(['live']);
+    // The first page spends its scan budget on expired entries: empty, but it says where to go on.
+    expect(pages[0]!.ids).toEqual([]);
+    expect(pages[0]!.next).toBeDefined();
+  });
+
+  it('continues exactly after a pruned cursor inside a run of equal timestamps', async () => {
+    clock += 1;
+    // One millisecond: ties go by id, bytes descending (uppercase sorts before lowercase).
+    await store.createMany(connection, ['a', 'B', 'c', 'D', 'e', 'F']);
+    const first = await store.list(connection, { top: 2 });
+    expect(first.operations.map((op) => op.id)).toEqual(['e', 'c']);
+    await completeAndExpire(connection, ['c']);
+    await store.list(connection, { top: 10 }); // prunes c, the cursor's entry, from the index
+    const rest = await store.list(connection, { top: 10, cursor: first.next });
+    expect(rest.operations.map((op) => op.id)).toEqual(['a', 'F', 'D', 'B']);
+    expect(rest.next).toBeUndefined();
+  });
+
+  it('yields exactly the live operations newest first, whatever the mix of expired entries, ties, top and concurrent pruning (property)', async () => {
+    const idChars = 'abcXYZ019._~-';
+    const segment = fc.record({
+      // Long runs too: only a run longer than a page's scan budget, 20 × (top + 1), exposes an early end.
+      length: fc.oneof(fc.integer({ min: 1, max: 5 }), fc.integer({ min: 20, max: 100 })),
+      fate: fc.constantFrom('inprogress', 'completed', 'expired'),
+      sameMillisecond: fc.boolean(),
+    });
+    let run = 0;
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(segment, { maxLength: 4 }),
+        fc.integer({ min: 0, max: 2 ** 31 - 1 }),
+        fc.integer({ min: 1, max: 3 }),
+        // Between pages: nothing; another listing prunes every dead entry; or the operation
+        // returned last expires and is pruned (the cursor's own entry, when it is that one).
+        fc.constantFrom('nothing', 'prune', 'expireLastReturned'),
+        async (segments, seed, top, meanwhile) => {
+          // Ids whose order within a millisecond is random (bytewise, mixed case), not the
+          // creation order; from a seed, so that a failure shrinks fast.
+          let state = seed;
+          const randomChar = () => {
+            state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+            return idChars[(state >>> 16) % idChars.length]!;
+          };
+          const conn = { tenantId: 'tenant-a', connectionId: `prop${run++}` };
+          try {
+            const ops: { id: string; createdAt: number; fate: string }[] = [];
+            for (const { length, fate, sameMillisecond } of segments) {
+              for (let i = 0; i < length; i++) {
+                ops.push({ id: `${randomChar()}${randomChar()}_${ops.length}`, createdAt: 0, fate });
+              }
+              for (const group of sameMillisecond ? [ops.slice(-length)] : ops.slice(-length).map((op) => [op])) {
+                clock += 1;
+                const { results } = await store.createMany(conn, group.map((op) => op.id));
+                expect(results.every((result) => result === 'created')).toBe(true);
+                for (const op of group) op.createdAt = clock;
+              }
+            }
+            await store.finishMany(
+              conn,
+              ops.filter((op) => op.fate === 'completed').map((op) => ({ operationId: op.id, status: 'completed' as const })),
+            );
+            await completeAndExpire(conn, ops.filter((op) => op.fate === 'expired').map((op) => op.id));
+
+            const gone = new Set(ops.filter((op) => op.fate === 'expired').map((op) => op.id));
+            const between =
+              meanwhile === 'nothing'
+                ? undefined
+                : async (lastPage: string[]) => {
+                    const last = lastPage.at(-1);
+                    if (meanwhile === 'expireLastReturned' && last !== undefined) {
+                      await redis.del(store.keys.operation({ ...conn, operationId: last }));
+                      gone.add(last);
+                    }
+                    await store.list(conn, { top: 999 });
+                  };
+            const newestFirst = (a: { id: string; createdAt: number }, b: { id: string; createdAt: number }) =>
+              b.createdAt - a.createdAt || Buffer.compare(Buffer.from(b.id), Buffer.from(a.id));
+
+            for (const status of [undefined, 'completed'] as const) {
+              const expected = ops
+                .filter((op) => !gone.has(op.id) && (status === undefined || op.fate === status))
+                .sort(newestFirst)
+                .map((op) => op.id);
+              const entries = await store.count(conn, status);
+              const { seen, pages } = await listAll(conn, { top, ...(status ? { status } : {}), ...(between ? { between } : {}) });
+              expect(seen).toEqual(expected);
+              // Bounded cost: each page but the last returns `top` operations or spends its whole
+              // scan budget of 20 × (top + 1) entries, and no entry is scanned by two pages.
+              expect(pages.length).toBeLessThanOrEqual(Math.floor(expected.length / top) + Math.floor(entries / (20 * (top + 1))) + 1);
+            }
+          } finally {
+            await deleteKeys(redis, prefix); // many runs, one test: keep the key count small
+          }
+        },
+      ),
+      { numRuns: 40 },
+    );
+  }, 60_000);
 });

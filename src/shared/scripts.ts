@@ -290,35 +290,75 @@ return 0
 `;
 
 /**
- * list: one page of an index, newest first, skipping (and removing) entries whose operation
- * expired. Cost depends on the page size, not on the index size (ranks are O(log n)).
+ * list: one page of an index, newest first (ZRANGE … REV order: score descending, equal scores by
+ * id descending, bytewise), skipping (and removing) entries whose operation expired. Cost depends
+ * on the page size, not on the index size: ranks are O(log n), and a page scans at most
+ * 20 × (page size + 1) entries, its budget (plus one HMGET that finds a full page's successor).
  * KEYS[1] index (all operations, or one status)
- * ARGV[1] operation key prefix, ARGV[2] page size, ARGV[3] cursor score or '',
- * ARGV[4] cursor id or ''
- * Returns { hasMore, id1, s1, e1, c1, u1, id2, … }.
+ * ARGV[1] operation key prefix, ARGV[2] page size (at least 1), ARGV[3] cursor score or '',
+ * ARGV[4] cursor id or ''; the page starts right after the cursor's position, whether or not
+ * the cursor's entry is still in the index
+ * Returns { hasMore, cursorScore, cursorId, id1, s1, e1, c1, u1, id2, … }. hasMore is 1 when the
+ * index may hold entries after this page, and then the cursor is the last entry the page scanned
+ * (an operation it returned, or an expired one it skipped); hasMore is 0, with '' '' for the
+ * cursor, only when the index has nothing after the page.
+ *
+ * Why the cursor is the last scanned entry, not the last returned operation: when the budget is
+ * spent on expired entries, the page is short (even empty), and only a cursor past those entries
+ * lets the next page go on from where this one stopped instead of scanning them again. Ending the
+ * listing there instead (hasMore 0) made live operations behind a long run of expired ones
+ * unreachable.
+ *
+ * The cursor's own entry may be gone when the next page comes: this script removes it if its
+ * operation expired, and so may another listing or a create's prune_oldest in between. So
+ * finding the position does not rely on the entry: without it, the position is after every
+ * higher score and after the equal-score ids greater than the cursor's; a binary search over
+ * the equal-score run finds it in O(log n · log run). (Counting only the higher scores would
+ * revisit or skip ids of the cursor's millisecond, which many operations can share.)
  */
 const LIST = `
 local index, op_prefix, size = KEYS[1], ARGV[1], tonumber(ARGV[2])
-local start = 0
-if ARGV[3] ~= '' then
-  local rank = redis.call('ZREVRANK', index, ARGV[4])
-  if rank and tonumber(redis.call('ZSCORE', index, ARGV[4])) == tonumber(ARGV[3]) then
-    start = rank + 1
-  else
-    start = redis.call('ZCOUNT', index, '(' .. ARGV[3], '+inf')
+
+-- Redis orders equal scores by member bytes (memcmp); Lua's < on strings follows the locale.
+local function bytes_less(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
   end
+  return #a < #b
 end
-local out, found, dead = {0}, 0, {}
-for _ = 1, 20 do
-  local want = size + 1 - found
-  local ids = redis.call('ZRANGE', index, start, start + want - 1, 'REV')
-  if #ids == 0 then break end
-  start = start + #ids
-  for _, id in ipairs(ids) do
+
+-- The REV rank of the first entry after the position (score, id).
+local function rank_after(score, id)
+  local rank = redis.call('ZREVRANK', index, id)
+  if rank and tonumber(redis.call('ZSCORE', index, id)) == tonumber(score) then return rank + 1 end
+  -- Equal scores hold REV ranks lo .. hi - 1, ids descending: find the first id below the cursor's.
+  local lo = redis.call('ZCOUNT', index, '(' .. score, '+inf')
+  local hi = lo + redis.call('ZCOUNT', index, score, score)
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if bytes_less(redis.call('ZRANGE', index, mid, mid, 'REV')[1], id) then hi = mid else lo = mid + 1 end
+  end
+  return lo
+end
+
+local start = 0
+if ARGV[3] ~= '' then start = rank_after(ARGV[3], ARGV[4]) end
+local budget, scanned, found, dead = 20 * (size + 1), 0, 0, {}
+local out, last_score, last_id, beyond = {0, '', ''}, nil, nil, false
+while not beyond and scanned < budget do
+  local want = math.min(size + 1, budget - scanned)
+  local entries = redis.call('ZRANGE', index, start + scanned, start + scanned + want - 1, 'REV', 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    local id = entries[i]
     local op = redis.call('HMGET', op_prefix .. id, 's', 'e', 'c', 'u')
-    if not op[1] then
-      dead[#dead + 1] = id
-    elseif found < size then
+    if op[1] and found == size then
+      beyond = true -- a live operation after a full page: it starts the next one
+      break
+    end
+    scanned = scanned + 1
+    last_score, last_id = entries[i + 1], id
+    if op[1] then
       found = found + 1
       out[#out + 1] = id
       out[#out + 1] = op[1]
@@ -326,11 +366,14 @@ for _ = 1, 20 do
       out[#out + 1] = op[3]
       out[#out + 1] = op[4]
     else
-      out[1] = 1
-      break
+      dead[#dead + 1] = id
     end
   end
-  if out[1] == 1 or #ids < want then break end
+  if not beyond and #entries < 2 * want then break end -- the end of the index
+end
+-- The index is unchanged so far (removals come last): entries remain after rank start + scanned?
+if beyond or (scanned == budget and redis.call('ZCARD', index) > start + scanned) then
+  out[1], out[2], out[3] = 1, last_score, last_id
 end
 if #dead > 0 then redis.call('ZREM', index, unpack(dead)) end
 return out

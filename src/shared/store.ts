@@ -26,7 +26,9 @@ export interface ListCursor {
 
 export interface ListPage {
   operations: Operation[];
-  /** Where the next page starts; absent on the last page. */
+  /** The next page starts after this position: the last index entry this page scanned, which
+   *  may be an expired operation's. A page whose scan budget went to expired entries is short,
+   *  even empty, and still has `next`; absent only when the index has nothing further. */
   next?: ListCursor;
 }
 
@@ -207,13 +209,13 @@ export class OperationStore {
       [this.keys.operationPrefix(connection), top, cursor?.createdAt ?? '', cursor?.id ?? ''],
     )) as (string | number)[];
     const operations: Operation[] = [];
-    for (let i = 1; i + 4 < reply.length; i += 5) {
+    for (let i = 3; i + 4 < reply.length; i += 5) {
       const [id, s, e, c, u] = reply.slice(i, i + 5).map(String) as [string, string, string, string, string];
       operations.push(toOperation(id, s, e, c, u));
     }
-    const last = operations.at(-1);
+    // The cursor is the script's, not the last operation's: see LIST in scripts.ts.
     const hasMore = reply[0] === 1;
-    return { operations, ...(hasMore && last ? { next: { createdAt: last.createdAt, id: last.id } } : {}) };
+    return { operations, ...(hasMore ? { next: { createdAt: Number(reply[1]), id: String(reply[2]) } } : {}) };
   }
 
   /** How many entries a connection's index holds (entries of just-expired operations included
