@@ -37,7 +37,7 @@ describe('ConsumptionMonitor', () => {
     const worker = new Worker(QUEUE, async () => {}, { connection: redis, prefix, autorun: false, concurrency: 2 });
     cleanups.push(() => worker.close());
     let clock = 1_000_000;
-    const monitor = new ConsumptionMonitor([worker], () => 2, STUCK_AFTER_MS, async () => (await queue.getJobCounts('waiting')).waiting ?? 0, () => clock);
+    const monitor = new ConsumptionMonitor([worker], () => false, STUCK_AFTER_MS, async () => (await queue.getJobCounts('waiting')).waiting ?? 0, () => clock);
 
     await queue.add('job', {});
     await queue.add('job', {});
@@ -59,7 +59,7 @@ describe('ConsumptionMonitor', () => {
   it('answers within a second and restarts its clock when Redis does not answer the waiting count', async () => {
     let clock = 0;
     let waiting: () => Promise<number> = NEVER;
-    const monitor = new ConsumptionMonitor([], () => 1, STUCK_AFTER_MS, () => waiting(), () => clock);
+    const monitor = new ConsumptionMonitor([], () => false, STUCK_AFTER_MS, () => waiting(), () => clock);
     clock = STUCK_AFTER_MS + 1000;
     const started = Date.now();
     expect(await monitor.isConsuming()).toBe(true);
@@ -78,7 +78,7 @@ describe('ConsumptionMonitor', () => {
 describe('the worker health server', () => {
   it('answers /readyz 503 within a second when the readiness check never settles, and /healthz 200', async () => {
     let clock = 0;
-    const monitor = new ConsumptionMonitor([], () => 1, STUCK_AFTER_MS, NEVER, () => clock);
+    const monitor = new ConsumptionMonitor([], () => false, STUCK_AFTER_MS, NEVER, () => clock);
     clock = 2 * STUCK_AFTER_MS;
     const server = await startHealthServer({ port: 0, monitor, ready: NEVER, metrics: new Metrics({ processMetrics: false }) });
     cleanups.push(() => server.close());
@@ -92,7 +92,7 @@ describe('the worker health server', () => {
   });
 
   it('serves /metrics, behind METRICS_TOKEN when one is set', async () => {
-    const monitor = new ConsumptionMonitor([], () => 1, STUCK_AFTER_MS, async () => 0);
+    const monitor = new ConsumptionMonitor([], () => false, STUCK_AFTER_MS, async () => 0);
     const server = await startHealthServer({ port: 0, monitor, ready: async () => true, metrics: new Metrics({ processMetrics: false }), metricsToken: 'scrape-me' });
     cleanups.push(() => server.close());
     const url = `http://127.0.0.1:${server.port}/metrics`;

@@ -82,7 +82,7 @@ describe('Reconciler.sweep', () => {
     const rules = { leaseMs: 1, attempts: 2, exhausted: { errorCode: 'processingInterrupted', message: 'spent', details: [] } };
     // Two attempts claimed, and each holder died before reporting.
     for (const holder of ['h1', 'h2']) {
-      expect(await store.claim(ref('poison'), [{ operationId: 'poison', jobId: '', holder }], rules)).toEqual([{ kind: 'claimed', attempt: Number(holder[1]) }]);
+      expect(await store.claim(ref('poison'), '', [{ operationId: 'poison', holder }], rules)).toEqual([{ kind: 'claimed', attempt: Number(holder[1]) }]);
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
     // What BullMQ does when the job's worker died more often than maxStalledCount allows.
@@ -91,7 +91,7 @@ describe('Reconciler.sweep', () => {
     expect(await reconciler().sweep()).toMatchObject({ checked: 1, enqueued: 1 });
     expect(await queue.jobState(ref('poison'))).toBe('waiting');
     // The new job's claim finds the attempts spent: the operation fails instead of looping.
-    expect(await store.claim(ref('poison'), [{ operationId: 'poison', jobId: '', holder: 'h3' }], rules)).toEqual([{ kind: 'exhausted', attempts: 2 }]);
+    expect(await store.claim(ref('poison'), '', [{ operationId: 'poison', holder: 'h3' }], rules)).toEqual([{ kind: 'exhausted', attempts: 2 }]);
     expect(await store.get(ref('poison'))).toMatchObject({ status: 'failed', error: { errorCode: 'processingInterrupted' } });
   });
 

@@ -115,7 +115,7 @@ describe('OperationStore.claim', () => {
     exhausted: { errorCode: 'processingInterrupted', message: 'attempts spent', details: [] },
   });
   const claim = (operationId: string, holder: string, { jobId = '', leaseMs = 60_000, attempts = 3 } = {}) =>
-    store.claim(connection, [{ operationId, jobId, holder }], rules(leaseMs, attempts)).then((results) => results[0]);
+    store.claim(connection, jobId, [{ operationId, holder }], rules(leaseMs, attempts)).then((results) => results[0]);
   const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
   it('gives an attempt to one holder at a time and counts attempts on the operation', async () => {
@@ -139,7 +139,7 @@ describe('OperationStore.claim', () => {
     try {
       const stores = clients.map((client) => new OperationStore(client, { prefix, retentionMs: 60_000 }));
       const results = await Promise.all(
-        Array.from({ length: 50 }, (_, i) => stores[i % 5]!.claim(connection, [{ operationId: 'race', jobId: '', holder: `h${i}` }], rules())),
+        Array.from({ length: 50 }, (_, i) => stores[i % 5]!.claim(connection, '', [{ operationId: 'race', holder: `h${i}` }], rules())),
       );
       expect(results.flat().filter((result) => result.kind === 'claimed')).toEqual([{ kind: 'claimed', attempt: 1 }]);
     } finally {
@@ -177,6 +177,21 @@ describe('OperationStore.claim', () => {
     expect(await store.finishMany(connection, [{ operationId: 'x', holder: 'b2', status: 'retry' }])).toEqual(['finished']);
     expect(await claim('x', 'b3', { jobId: 'batch~1' })).toEqual({ kind: 'elsewhere' });
     expect(await claim('x', 'own')).toEqual({ kind: 'claimed', attempt: 2 });
+  });
+
+  it('answers a resent claim or release as the first (ioredis resends a command whose reply was lost)', async () => {
+    await store.create(ref('x'));
+    expect(await claim('x', 'h1')).toEqual({ kind: 'claimed', attempt: 1 });
+    expect(await claim('x', 'h1')).toEqual({ kind: 'claimed', attempt: 1 });
+    const interrupted = [{ operationId: 'x', holder: 'h1', status: 'interrupted' as const }];
+    expect(await store.finishMany(connection, interrupted)).toEqual(['finished']);
+    expect(await store.finishMany(connection, interrupted)).toEqual(['finished']);
+    // Given back once, not twice: the next claim is attempt 1 again.
+    expect(await claim('x', 'h2')).toEqual({ kind: 'claimed', attempt: 1 });
+    const retry = [{ operationId: 'x', holder: 'h2', status: 'retry' as const }];
+    expect(await store.finishMany(connection, retry)).toEqual(['finished']);
+    expect(await store.finishMany(connection, retry)).toEqual(['finished']);
+    expect(await claim('x', 'h3')).toEqual({ kind: 'claimed', attempt: 2 });
   });
 
   it('hands an operation to its own job only from the batch that carries it', async () => {

@@ -137,8 +137,8 @@ end
  * a re-enqueue by the reconciler, a job redelivered after a crash), so attempts are counted on
  * the operation, whatever carries it.
  * KEYS and ARGV[1..4] as TERMINAL; ARGV[5] lease ms, ARGV[6] attempts allowed in total,
- * ARGV[7] the errorDetail JSON of an operation whose attempts are spent,
- * then per operation: id, the claiming job's id ('' for the operation's own job), holder token.
+ * ARGV[7] the errorDetail JSON of an operation whose attempts are spent, ARGV[8] the claiming
+ * job's id ('' for the operations' own jobs), then per operation: id, holder token.
  * Returns per operation a pair:
  *   {'claimed', attempt}   the attempt is this holder's until the lease expires (Redis time)
  *   {'terminal', 0}        completed or failed: the processor must not see it
@@ -151,11 +151,11 @@ end
  * j = the batch job carrying it (absent: its own job).
  */
 const CLAIM = `${TERMINAL}${REDIS_MS}
-local lease, allowed, exhausted_json = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local lease, allowed, exhausted_json, job = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local now_ms = redis_ms()
 local out = {}
-for i = 8, #ARGV, 3 do
-  local id, job, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for i = 9, #ARGV, 2 do
+  local id, token = ARGV[i], ARGV[i + 1]
   local key = ARGV[3] .. id
   local r = redis.call('HMGET', key, 's', 'j', 'h', 'l', 'a', 'c')
   if not r[1] then
@@ -164,7 +164,10 @@ for i = 8, #ARGV, 3 do
     out[#out + 1] = { 'terminal', 0 }
   elseif (r[2] or '') ~= job then
     out[#out + 1] = { 'elsewhere', 0 }
-  elseif r[3] and tonumber(r[4]) > now_ms then
+  elseif r[3] == token then
+    -- The same claim again (the client resent it after a lost reply): the same attempt.
+    out[#out + 1] = { 'claimed', tonumber(r[5]) }
+  elseif r[3] and (tonumber(r[4]) or 0) > now_ms then
     out[#out + 1] = { 'busy', tonumber(r[4]) - now_ms }
   else
     local spent = tonumber(r[5] or '0')
@@ -193,6 +196,8 @@ return out
  *   interrupted          this worker stopped waiting for the attempt (shutdown): the lease is
  *                        dropped and the attempt given back; the job carrying it runs it again
  * Fencing: a holder whose lease was taken over (another token holds the record) changes nothing.
+ * Idempotent, as CLAIM is: ioredis resends a command whose reply a disconnect lost, so a release
+ * found already done answers 1 again (and gives no attempt back twice).
  * Returns one number per operation: 1 done, 0 already terminal, -1 unknown (expired),
  * -2 refused: the lease is another holder's.
  */
@@ -206,6 +211,9 @@ for i = 5, #ARGV, 4 do
     out[#out + 1] = -1
   elseif r[1] ~= 'inprogress' then
     out[#out + 1] = 0
+  elseif not r[2] and token ~= '' and (outcome == 'retry' or outcome == 'interrupted') then
+    -- Nobody holds it: this release already happened (the client resent it after a lost reply).
+    out[#out + 1] = 1
   elseif token ~= '' and r[2] ~= token then
     out[#out + 1] = -2
   else

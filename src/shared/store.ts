@@ -47,10 +47,9 @@ export interface AttemptOutcome {
 export type FinishResult = 'finished' | 'alreadyTerminal' | 'missing' | 'superseded';
 const FINISH_RESULTS: Record<number, FinishResult> = { 1: 'finished', 0: 'alreadyTerminal', [-1]: 'missing', [-2]: 'superseded' };
 
-/** One operation a job wants to run: `jobId` is the claiming job ('' for the operation's own). */
+/** One operation a job wants to run, and the token that will fence its attempt's writes. */
 export interface ClaimRequest {
   operationId: string;
-  jobId: string;
   holder: string;
 }
 export type ClaimResult =
@@ -150,11 +149,12 @@ export class OperationStore {
     return reply.map((result) => FINISH_RESULTS[result]!);
   }
 
-  /** Claims the next attempt of several operations of one connection, in one atomic script
-   *  (see the claim script for what each result means). */
-  async claim(connection: ConnectionRef, requests: ClaimRequest[], rules: ClaimRules): Promise<ClaimResult[]> {
-    const args: (string | number)[] = [rules.leaseMs, rules.attempts, JSON.stringify(rules.exhausted)];
-    for (const { operationId, jobId, holder } of requests) args.push(operationId, jobId, holder);
+  /** Claims the next attempt of several operations of one connection for job `jobId` ('' for
+   *  the operations' own jobs), in one atomic script (the claim script says what each result
+   *  means). */
+  async claim(connection: ConnectionRef, jobId: string, requests: ClaimRequest[], rules: ClaimRules): Promise<ClaimResult[]> {
+    const args: (string | number)[] = [rules.leaseMs, rules.attempts, JSON.stringify(rules.exhausted), jobId];
+    for (const { operationId, holder } of requests) args.push(operationId, holder);
     const reply = (await scripts.claim.run(this.redis, this.terminalKeys(connection), [...this.terminalArgs(connection), ...args])) as [
       string,
       number,
@@ -245,14 +245,15 @@ export class OperationStore {
     return { connections, cursor: next };
   }
 
-  /** Ids of a connection's inprogress operations created before `before` (ms), oldest first. */
-  async inprogressCreatedBefore(connection: ConnectionRef, before: number, limit: number): Promise<string[]> {
+  /** Ids of a connection's inprogress operations created before `before` (ms), oldest first,
+   *  `limit` of them from `offset`. */
+  async inprogressCreatedBefore(connection: ConnectionRef, before: number, limit: number, offset = 0): Promise<string[]> {
     return this.redis.zrangebyscore(
       this.keys.statusIndex(connection, 'inprogress'),
       '-inf',
       `(${before}`,
       'LIMIT',
-      0,
+      offset,
       limit,
     );
   }

@@ -1,5 +1,5 @@
-import { randomUUID } from 'node:crypto';
-import { groupByConnection } from '../shared/keys.js';
+import { randomBytes } from 'node:crypto';
+import { connectionTag, groupByConnection } from '../shared/keys.js';
 import type { Logger } from '../shared/logger.js';
 import type { OperationRef } from '../shared/operation.js';
 import type { AttemptOutcome, ClaimResult, ClaimRules, FinishResult, OperationStore } from '../shared/store.js';
@@ -10,27 +10,49 @@ import { TickWriter } from './tick-writer.js';
 export interface HeldAttempt {
   attempt: number;
   holder: string;
-  signal: AbortSignal;
+  readonly signal: AbortSignal;
 }
 export type Claim = Exclude<ClaimResult, { kind: 'claimed' }> | ({ kind: 'claimed' } & HeldAttempt);
 
 type ClaimItem = OperationRef & { jobId: string; holder: string };
 type OutcomeItem = OperationRef & Omit<AttemptOutcome, 'operationId'>;
 
-interface Held {
-  ref: OperationRef;
-  controller: AbortController;
+/** An attempt in flight. Its AbortController is made only when the processor reads `signal`:
+ *  most processors never do, and one per attempt was a measurable share of the worker's CPU. */
+class Held implements HeldAttempt {
+  private controller: AbortController | undefined;
+  private abortReason: Error | undefined;
+
+  constructor(
+    readonly ref: OperationRef,
+    readonly attempt: number,
+    readonly holder: string,
+  ) {}
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.abortReason) this.controller.abort(this.abortReason);
+    }
+    return this.controller.signal;
+  }
+
+  abort(reason: Error): void {
+    this.abortReason ??= reason;
+    this.controller?.abort(reason);
+  }
 }
 
 /**
  * A worker process's side of the attempt ledger kept on each operation (OperationStore.claim):
  * it claims attempts before the processor is called, keeps their leases alive while the
- * processor runs, and writes what each attempt decided as soon as it ends. Claims and outcomes
- * of the same tick and connection share one script call.
+ * processor runs, and writes what each attempt decided as soon as it ends. Claims of the same
+ * tick, connection and job share one script call, and so do outcomes of the same tick and
+ * connection.
  */
 export class Attempts {
-  /** Unique per process, so holder tokens of two workers never collide. */
-  private readonly processId = randomUUID();
+  /** Unique per process (48 random bits), so holder tokens of two workers never collide. */
+  private readonly processId = randomBytes(6).toString('base64url');
   private sequence = 0;
   private readonly held = new Map<string, Held>();
   private readonly claims: TickWriter<ClaimItem, ClaimResult>;
@@ -42,19 +64,11 @@ export class Attempts {
     private readonly rules: ClaimRules,
     private readonly log: Logger,
   ) {
-    this.claims = new TickWriter((connection, items) =>
-      store.claim(
-        connection,
-        items.map(({ operationId, jobId, holder }) => ({ operationId, jobId, holder })),
-        rules,
-      ),
+    this.claims = new TickWriter(
+      (first, items) => store.claim(first, first.jobId, items, rules),
+      (item) => `${connectionTag(item)}|${item.jobId}`,
     );
-    this.outcomes = new TickWriter((connection, items) =>
-      store.finishMany(
-        connection,
-        items.map(({ operationId, holder, status, error }) => ({ operationId, holder, status, error })),
-      ),
-    );
+    this.outcomes = new TickWriter((first, items) => store.finishMany(first, items));
     // Renewed twice per lease, as BullMQ renews its job locks: one late renewal does not lose it.
     this.renewal = setInterval(() => void this.renew(), Math.max(1, Math.floor(rules.leaseMs / 2)));
     this.renewal.unref();
@@ -62,23 +76,25 @@ export class Attempts {
 
   /** Claims the next attempt of `ref` for job `jobId` ('' for the operation's own job). */
   async claim(ref: OperationRef, jobId: string): Promise<Claim> {
-    const holder = `${this.processId}:${++this.sequence}`;
-    const result = await this.claims.submit({ ...ref, jobId, holder });
+    const holder = `${this.processId}:${(++this.sequence).toString(36)}`;
+    const { tenantId, connectionId, operationId } = ref;
+    const result = await this.claims.submit({ tenantId, connectionId, operationId, jobId, holder });
     if (result.kind !== 'claimed') return result;
-    const controller = new AbortController();
-    this.held.set(holder, { ref, controller });
-    return { kind: 'claimed', attempt: result.attempt, holder, signal: controller.signal };
+    const held = new Held(ref, result.attempt, holder);
+    this.held.set(holder, held);
+    return { kind: 'claimed', attempt: held.attempt, holder, get signal() { return held.signal; } };
   }
 
   /** Writes what the attempt decided, fenced by its holder token; the lease is no longer kept. */
   async record(ref: OperationRef, holder: string, outcome: Omit<AttemptOutcome, 'operationId' | 'holder'>): Promise<FinishResult> {
     this.held.delete(holder);
-    return this.outcomes.submit({ ...ref, holder, ...outcome });
+    const { tenantId, connectionId, operationId } = ref;
+    return this.outcomes.submit({ tenantId, connectionId, operationId, holder, status: outcome.status, error: outcome.error });
   }
 
   /** Aborts every processor call in flight (the shutdown deadline passed). */
   abortAll(reason: Error): void {
-    for (const { controller } of this.held.values()) controller.abort(reason);
+    for (const held of this.held.values()) held.abort(reason);
   }
 
   stop(): void {
@@ -88,7 +104,7 @@ export class Attempts {
   /** Extends every lease held; an attempt whose lease was lost (taken over after this process
    *  missed its renewals) is aborted, and its outcome will be refused. */
   private async renew(): Promise<void> {
-    const held = [...this.held].map(([holder, { ref }]) => ({ ...ref, holder }));
+    const held = [...this.held.values()].map(({ ref, holder }) => ({ ...ref, holder }));
     await Promise.all(
       groupByConnection(held).map(async (group) => {
         try {
@@ -98,7 +114,7 @@ export class Attempts {
             if (renewed[i] || !lost) return;
             this.held.delete(holder);
             this.log.warn({ operationId, connectionId: group[0]!.connectionId }, 'lease of an attempt in flight was lost; aborting it');
-            lost.controller.abort(new Error('The lease of this attempt was lost to another worker.'));
+            lost.abort(new Error('The lease of this attempt was lost to another worker.'));
           });
         } catch (error) {
           this.log.warn({ err: error }, 'renewing attempt leases failed; retrying at the next renewal');

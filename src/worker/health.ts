@@ -13,13 +13,13 @@ import { scrapeAllowed, type Metrics } from '../shared/metrics.js';
  */
 export class ConsumptionMonitor {
   private lastProgressAt: number;
-  private running = 0;
 
   constructor(
     workers: Worker[],
-    /** Jobs the worker takes at once right now (its BullMQ concurrency, which the worker lowers
-     *  while its processor slots are all busy). */
-    private readonly capacity: () => number,
+    /** True while the worker holds as many jobs as it takes: busy, not stuck. Asked of the
+     *  worker, not counted from events: a job that moves itself to delayed or back to wait
+     *  (DelayedError, WaitingError) ends with no 'completed' or 'failed' event. */
+    private readonly full: () => boolean,
     private readonly stuckAfterMs: number,
     private readonly waitingJobs: () => Promise<number>,
     private readonly now: () => number = Date.now,
@@ -27,16 +27,9 @@ export class ConsumptionMonitor {
     this.lastProgressAt = now();
     const progress = () => (this.lastProgressAt = this.now());
     for (const worker of workers) {
-      worker.on('active', () => {
-        this.running++;
-        progress();
-      });
-      const finished = () => {
-        this.running = Math.max(0, this.running - 1);
-        progress();
-      };
-      worker.on('completed', finished);
-      worker.on('failed', finished);
+      worker.on('active', progress);
+      worker.on('completed', progress);
+      worker.on('failed', progress);
       // An empty queue is progress too: there was nothing to consume.
       worker.on('drained', progress);
     }
@@ -46,7 +39,7 @@ export class ConsumptionMonitor {
    *  cannot be asked is a readiness problem, not a reason to restart the worker. */
   async isConsuming(): Promise<boolean> {
     if (this.now() - this.lastProgressAt < this.stuckAfterMs) return true;
-    if (this.running >= this.capacity()) return true;
+    if (this.full()) return true;
     try {
       // Bounded: the worker's connection waits through outages, so an unbounded count hung
       // /healthz for the whole outage (a probe timeout, counted as a failure: the worker was

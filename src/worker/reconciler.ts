@@ -31,9 +31,13 @@ function isLive(state: string): boolean {
   return state !== 'unknown' && state !== 'failed' && state !== 'completed';
 }
 
-/** Registry entries per page, and so connections looked at together. */
+/** Registry entries per page. */
 const PAGE = 500;
-/** Operations looked at per connection per sweep; the rest wait for the next sweep. */
+/** Connections of a page looked at side by side: enough to hide round trips, few enough that
+ *  the worker's own commands (lease and lock renewals) on the shared connection are not queued
+ *  behind a sweep's. Each connection's operations are looked at one after the other. */
+const CONCURRENT_CONNECTIONS = 32;
+/** Inprogress operations read per round trip. */
 const PER_CONNECTION = 500;
 /** The sweep lock outlives a dead sweeper by this much at least; a live one renews it. */
 const MIN_LOCK_TTL_MS = 10_000;
@@ -51,8 +55,25 @@ const MIN_LOCK_TTL_MS = 10_000;
  *
  * Each worker process runs one; a Redis lock that its holder renews lets one sweep run at a time
  * across them. A sweep pages the connection registry with a scan cursor and looks at a page's
- * connections side by side.
+ * connections side by side (CONCURRENT_CONNECTIONS at a time).
  */
+interface Sweep {
+  /** Operations created before this (ms) are looked at. */
+  before: number;
+  result: SweepResult;
+  batchStates: Map<string, Promise<string>>;
+  stillHeld: () => boolean;
+}
+
+/** Runs `task` over `items`, at most `limit` at once. */
+async function forEachLimited<T>(items: readonly T[], limit: number, task: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const lane = async () => {
+    while (next < items.length) await task(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
+}
+
 export class Reconciler {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<unknown> | undefined;
@@ -86,25 +107,40 @@ export class Reconciler {
     if (!(await store.acquireReconcilerLock(holder, this.lockTtlMs))) return result;
     result.ran = true;
 
-    // Renewed three times per ttl; a sweep that finds it lost stops at the next page, so two
-    // sweeps overlap by at most one page, and only after this one stalled for a whole ttl.
-    let held = true;
+    // Renewed three times per ttl. The lock counts as lost when a renewal says so, or when none
+    // succeeded for a whole ttl (it may have lapsed); the sweep then stops before its next
+    // connection, so it cannot run beside the sweep that took the lock over.
+    let lost = false;
+    let renewedAt = performance.now();
     const renewal = setInterval(() => {
       store.renewReconcilerLock(holder, this.lockTtlMs).then(
-        (renewed) => (held &&= renewed),
+        (renewed) => {
+          if (renewed) renewedAt = performance.now();
+          else lost = true;
+        },
         (error: unknown) => log.warn({ err: error }, 'renewing the reconciler lock failed'),
       );
     }, this.lockTtlMs / 3);
+    const stillHeld = () => !lost && performance.now() - renewedAt < this.lockTtlMs;
+    const sweep: Sweep = { before: this.now() - this.options.afterMs, result, batchStates: new Map(), stillHeld };
     try {
-      const before = this.now() - this.options.afterMs;
       let cursor = '0';
       do {
         const page = await store.registryPage(cursor, PAGE);
         cursor = page.cursor;
         result.connections += page.connections.length;
-        await Promise.all(page.connections.map((entry) => this.sweepConnection(entry.connection, entry.lastCreateAt, before, result)));
-      } while (cursor !== '0' && held);
-      if (!held) log.warn('the reconciler lock was lost mid-sweep; stopping this sweep');
+        await forEachLimited(page.connections, CONCURRENT_CONNECTIONS, async ({ connection, lastCreateAt }) => {
+          if (!stillHeld()) return;
+          try {
+            await this.sweepConnection(connection, lastCreateAt, sweep);
+          } catch (error) {
+            // One connection's failure (Redis, a job that changed state under us) does not end
+            // the sweep for the others; the next sweep looks at it again.
+            log.warn({ err: error, connectionId: connection.connectionId }, 'reconciler could not sweep a connection');
+          }
+        });
+      } while (cursor !== '0' && stillHeld());
+      if (!stillHeld()) log.warn('the reconciler lock was lost mid-sweep; stopping this sweep');
     } finally {
       clearInterval(renewal);
       await store.releaseReconcilerLock(holder).catch(() => {});
@@ -113,24 +149,32 @@ export class Reconciler {
     return result;
   }
 
-  private async sweepConnection(connection: ConnectionRef, lastCreateAt: number, before: number, result: SweepResult): Promise<void> {
+  /** Every inprogress operation of the connection old enough to look at, a page at a time. */
+  private async sweepConnection(connection: ConnectionRef, lastCreateAt: number, sweep: Sweep): Promise<void> {
     const { store } = this.options;
-    const ids = await store.inprogressCreatedBefore(connection, before, PER_CONNECTION);
-    if (ids.length === 0) {
-      if (lastCreateAt < store.idleBefore() && (await store.forgetIdleConnection(connection))) result.forgotten++;
-      return;
+    for (let offset = 0; sweep.stillHeld(); offset += PER_CONNECTION) {
+      const ids = await store.inprogressCreatedBefore(connection, sweep.before, PER_CONNECTION, offset);
+      if (offset === 0 && ids.length === 0) {
+        if (lastCreateAt < store.idleBefore() && (await store.forgetIdleConnection(connection))) sweep.result.forgotten++;
+        return;
+      }
+      for (const operationId of ids) {
+        sweep.result.checked++;
+        if (await this.repair({ ...connection, operationId }, sweep.batchStates)) sweep.result.enqueued++;
+      }
+      if (ids.length < PER_CONNECTION) return;
     }
-    const repaired = await Promise.all(ids.map((operationId) => this.repair({ ...connection, operationId })));
-    result.checked += ids.length;
-    result.enqueued += repaired.filter(Boolean).length;
   }
 
-  /** Gives the operation its own job unless a live job carries it; true when it enqueued one. */
-  private async repair(ref: OperationRef): Promise<boolean> {
+  /** Gives the operation its own job unless a live job carries it; true when it enqueued one.
+   *  `batchStates` remembers, for one sweep, the state of each batch job already asked about. */
+  private async repair(ref: OperationRef, batchStates: Map<string, Promise<string>>): Promise<boolean> {
     const { store, queue } = this.options;
     const batchJobId = await store.batchJobOf(ref);
     if (batchJobId) {
-      if (isLive(await queue.stateOf(batchJobId))) return false;
+      let state = batchStates.get(batchJobId);
+      if (!state) batchStates.set(batchJobId, (state = queue.stateOf(batchJobId)));
+      if (isLive(await state)) return false;
       await store.handToOwnJob(ref, batchJobId);
     }
     const jobId = jobIdOf(ref);

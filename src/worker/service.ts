@@ -64,10 +64,9 @@ export async function startWorker(config: Config, log: Logger, metrics: Metrics)
   if (config.WORKER_HEALTH_PORT !== undefined) {
     const monitor = new ConsumptionMonitor(
       worker.workers,
-      // Capacity in BullMQ job slots, read at each check: the worker lowers them to the jobs it
-      // holds while every processor slot is busy, and a worker in that state is busy, not stuck
-      // (comparing with WORKER_CONCURRENCY called it stuck; found by test/faults.test.ts).
-      () => worker.workers.reduce((slots, shardWorker) => slots + shardWorker.concurrency, 0),
+      // A worker holding as many jobs as it takes is busy; with fewer it takes any job that
+      // waits, so a waiting job it does not take means it is stuck.
+      () => worker.jobsHeld() >= config.WORKER_CONCURRENCY * config.QUEUE_SHARDS,
       // A worker that took nothing for two lock+stall cycles while jobs wait is stuck.
       2 * (config.WORKER_LOCK_DURATION_MS + config.WORKER_STALLED_INTERVAL_MS),
       async () => (await queue.counts('waiting')).waiting,

@@ -7,7 +7,7 @@ interface Group<Item, Result> {
 
 /**
  * Writes submitted in one event-loop tick for one connection become one call of `write` (one
- * script, one cluster slot): a batch's claims, or the outcomes of attempts that end together,
+ * script, one cluster slot; `first` is the group's first item, whose connection they share): a batch's claims, or the outcomes of attempts that end together,
  * cost one round trip. No submission waits for another's write, or for a later tick: what ends
  * alone is written alone, at once.
  */
@@ -15,12 +15,16 @@ export class TickWriter<Item extends ConnectionRef, Result> {
   private pending = new Map<string, Group<Item, Result>>();
   private scheduled = false;
 
-  /** `write` answers one result per item, in order. */
-  constructor(private readonly write: (connection: ConnectionRef, items: Item[]) => Promise<Result[]>) {}
+  /** `write` answers one result per item, in order. `groupOf` may split a connection's items
+   *  further (items of one group share one write). */
+  constructor(
+    private readonly write: (first: Item, items: Item[]) => Promise<Result[]>,
+    private readonly groupOf: (item: Item) => string = connectionTag,
+  ) {}
 
   submit(item: Item): Promise<Result> {
     return new Promise((resolve, reject) => {
-      const tag = connectionTag(item);
+      const tag = this.groupOf(item);
       let group = this.pending.get(tag);
       if (!group) {
         group = { items: [], settle: [] };

@@ -47,8 +47,11 @@ type Ended = 'done' | 'interrupted' | { againInMs: number };
 export interface OperationWorker {
   /** One BullMQ worker per queue shard. */
   workers: Worker<JobData>[];
-  /** Stops taking jobs and waits for those in flight; after `timeoutMs` it aborts them (their
-   *  jobs go back to the queue, attempts given back, and run again elsewhere) and closes. */
+  /** Jobs this process holds now, over all shards. */
+  jobsHeld(): number;
+  /** Stops taking jobs and starting attempts, and waits for the attempts in flight; the rest of
+   *  the jobs it holds go back to the queue. After `timeoutMs` it aborts the attempts in flight
+   *  (given back: their jobs run them again elsewhere) and closes. */
   close(timeoutMs: number): Promise<void>;
 }
 
@@ -79,7 +82,11 @@ export function createWorker({ connection, store, queue, processor, config, log,
     },
     log,
   );
-  let stopping = false;
+  /** Set when close() begins: no new attempt starts, the job goes back to the queue. */
+  let draining = false;
+  /** Set at the shutdown deadline, when the attempts in flight are aborted. */
+  let aborted = false;
+  let jobsHeld = 0;
 
   /** Calls the processor once; never throws. */
   async function callProcessor(ref: OperationRef, held: HeldAttempt): Promise<Outcome> {
@@ -89,7 +96,10 @@ export function createWorker({ connection, store, queue, processor, config, log,
         connectionId: ref.connectionId,
         operation: { id: ref.operationId, status: 'inprogress', error: null },
         attempt: held.attempt,
-        signal: held.signal,
+        // Read on demand: the attempt makes its AbortController only for a processor that asks.
+        get signal() {
+          return held.signal;
+        },
       });
       return { status: 'completed' };
     } catch (error) {
@@ -97,7 +107,7 @@ export function createWorker({ connection, store, queue, processor, config, log,
       // fail, we stopped waiting for it. Treating this as a processing failure recorded the
       // operation `failed` ("processorUnreachable") when it was on its last attempt, and spent an
       // attempt otherwise (found by test/e2e.processes.test.ts). The attempt is given back.
-      if (stopping && held.signal.aborted) return { interrupted: error };
+      if (aborted && held.signal.aborted) return { interrupted: error };
       const permanent = permanentFailureOf(error);
       if (permanent) return { status: 'failed', error: permanent };
       if (held.attempt >= config.OPERATION_ATTEMPTS) return { status: 'failed', error: exhaustedFailure(error, held.attempt) };
@@ -113,12 +123,19 @@ export function createWorker({ connection, store, queue, processor, config, log,
   async function runOperation(ref: OperationRef, jobId: string): Promise<Ended> {
     const { operationId, connectionId } = ref;
     const ran = await slots.run(async () => {
+      // Once shutdown begins no attempt starts: the job goes back to the queue for another worker.
+      if (draining) return undefined;
       const claim = await attempts.claim(ref, jobId);
       if (claim.kind !== 'claimed') return { claim };
+      if (draining) {
+        await attempts.record(ref, claim.holder, { status: 'interrupted' });
+        return undefined;
+      }
       const started = performance.now();
       const outcome = await callProcessor(ref, claim);
       return { claim, outcome, seconds: (performance.now() - started) / 1000 };
     });
+    if (!ran) return 'interrupted';
     const { claim } = ran;
     if (claim.kind === 'busy') {
       log.info({ operationId, connectionId, leaseLeftMs: claim.leaseLeftMs }, 'another worker holds this operation; looking again when its lease ends');
@@ -205,8 +222,13 @@ export function createWorker({ connection, store, queue, processor, config, log,
 
   async function handle(job: Job<JobData>, token: string | undefined): Promise<void> {
     if (job.processedOn) metrics?.queueWait.observe(Math.max(0, job.processedOn - (job.timestamp + (job.delay ?? 0))) / 1000);
-    if (isBatch(job.data)) await runBatch(job as Job<BatchJobData>, token);
-    else await runOwnJob(job as Job<OperationJobData>, token);
+    jobsHeld++;
+    try {
+      if (isBatch(job.data)) await runBatch(job as Job<BatchJobData>, token);
+      else await runOwnJob(job as Job<OperationJobData>, token);
+    } finally {
+      jobsHeld--;
+    }
   }
 
   const workers = Array.from({ length: config.QUEUE_SHARDS }, (_, shard) => {
@@ -226,10 +248,11 @@ export function createWorker({ connection, store, queue, processor, config, log,
   });
 
   async function close(timeoutMs: number): Promise<void> {
+    draining = true;
     const closing = Promise.all(workers.map((worker) => worker.close()));
     if ((await within(closing, timeoutMs)) === 'timeout') {
       log.warn({ timeoutMs }, 'jobs still running at the shutdown deadline; aborting them');
-      stopping = true;
+      aborted = true;
       attempts.abortAll(new Error('The worker is shutting down.'));
       // BullMQ's close waits for running jobs even when forced; a processor that ignores the
       // abort signal is left behind after a grace period, and its job stalls and reruns elsewhere.
@@ -239,7 +262,7 @@ export function createWorker({ connection, store, queue, processor, config, log,
     }
     attempts.stop();
   }
-  return { workers, close };
+  return { workers, jobsHeld: () => jobsHeld, close };
 }
 
 /** Resolves with the promise's value, or 'timeout' after `ms`. */
