@@ -29,26 +29,33 @@ afterEach(async () => {
   await redis.quit();
 });
 
+/** `count` stores of this test's prefix, each on its own Redis connection, as separate processes
+ *  would be. */
+async function withStoresOnOwnConnections(count: number, use: (stores: OperationStore[]) => Promise<void>): Promise<void> {
+  const clients = await Promise.all(
+    Array.from({ length: count }, async () => {
+      const client = createRedis({ url: inject('redisUrl'), role: 'consumer' });
+      await waitUntilReady(client);
+      return client;
+    }),
+  );
+  try {
+    await use(clients.map((client) => new OperationStore(client, { prefix, retentionMs: 60_000 })));
+  } finally {
+    await Promise.all(clients.map((client) => client.quit()));
+  }
+}
+
 describe('OperationStore.create', () => {
   it('lets exactly one of 50 concurrent creates of one id succeed, from separate connections', async () => {
-    const clients = await Promise.all(
-      Array.from({ length: 5 }, async () => {
-        const client = createRedis({ url: inject('redisUrl'), role: 'consumer' });
-        await waitUntilReady(client);
-        return client;
-      }),
-    );
-    try {
-      const stores = clients.map((client) => new OperationStore(client, { prefix, retentionMs: 60_000 }));
+    await withStoresOnOwnConnections(5, async (stores) => {
       const results = await Promise.all(
         Array.from({ length: 50 }, (_, i) => stores[i % stores.length]!.create(ref('race'))),
       );
       expect(results.filter((r) => r.result === 'created')).toHaveLength(1);
       expect(results.filter((r) => r.result === 'exists')).toHaveLength(49);
       expect(await store.count(connection)).toBe(1);
-    } finally {
-      await Promise.all(clients.map((client) => client.quit()));
-    }
+    });
   });
 
   it('scopes ids by tenant and connection', async () => {
@@ -131,20 +138,12 @@ describe('OperationStore.claim', () => {
 
   it('claims 50 concurrent requests for one attempt exactly once, from separate connections', async () => {
     await store.create(ref('race'));
-    const clients = await Promise.all(Array.from({ length: 5 }, async () => {
-      const client = createRedis({ url: inject('redisUrl'), role: 'consumer' });
-      await waitUntilReady(client);
-      return client;
-    }));
-    try {
-      const stores = clients.map((client) => new OperationStore(client, { prefix, retentionMs: 60_000 }));
+    await withStoresOnOwnConnections(5, async (stores) => {
       const results = await Promise.all(
         Array.from({ length: 50 }, (_, i) => stores[i % 5]!.claim(connection, '', [{ operationId: 'race', holder: `h${i}` }], rules())),
       );
       expect(results.flat().filter((result) => result.kind === 'claimed')).toEqual([{ kind: 'claimed', attempt: 1 }]);
-    } finally {
-      await Promise.all(clients.map((client) => client.quit()));
-    }
+    });
   });
 
   it('lets another holder take over an expired lease, and refuses the first holder\'s outcome (fencing)', async () => {

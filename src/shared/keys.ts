@@ -4,7 +4,8 @@ import type { OperationRef } from './operation.js';
  * The one place that names Redis keys. Nobody else concatenates key strings.
  *
  * Layout (`v1` lets a future format live beside this one):
- *   {prefix}:v1:{tenant|connection}:o:{operationId}   hash   one operation (s, e, c, u, j); the
+ *   {prefix}:v1:{tenant|connection}:o:{operationId}   hash   one operation (s, e, c, u; j a h l
+ *                                                             while inprogress, see scripts.ts); the
  *                                                             short `o` segment keeps a typical key
  *                                                             (GUID tenant, UUID id) in jemalloc's
  *                                                             96-byte class, 16 bytes per operation
