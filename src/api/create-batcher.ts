@@ -4,7 +4,7 @@ import { groupByConnection } from '../shared/keys.js';
 import { newBatchJobId, type OperationQueue } from '../shared/queue.js';
 import { inprogressOperation, type CreateResult, type OperationStore } from '../shared/store.js';
 
-export interface Creates {
+export interface OperationCreator {
   /** Stores the operation (or finds its id taken) and makes sure a job will carry it. Throws
    *  when Redis cannot be reached; nothing is acknowledged then. */
   create(ref: OperationRef): Promise<{ result: CreateResult; operation: Operation }>;
@@ -43,7 +43,7 @@ const MAX_WAIT_MS = 20;
  * the job cannot be added, the operations stay in the inprogress index and the reconciler gives
  * each its own job. The records name their batch job, so the reconciler can tell it lives.
  */
-export class CreateBatcher implements Creates {
+export class CreateBatcher implements OperationCreator {
   private pending: Pending[] = [];
   /** An end-of-tick check of the partial batch is scheduled. */
   private tickEndScheduled = false;

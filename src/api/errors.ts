@@ -1,6 +1,6 @@
 import type { Context } from 'hono';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
-import type { AppEnv } from './app.js';
+import type { AppEnv } from './env.js';
 import { jsonResponse } from './respond.js';
 
 /**

@@ -1,11 +1,9 @@
 import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
 import { serveStatic } from '@hono/node-server/serve-static';
-import { OpenAPIHono, type RouteConfig } from '@hono/zod-openapi';
-import { Hono } from 'hono';
-import { z } from 'zod';
-import { CONNECTION_ID_RULE, OPERATION_ID_RULE, OPERATION_STATUSES, createOperationBodySchema } from '../shared/operation.js';
-import { graphErrorSchema, operationListSchema, operationResourceSchema } from './schemas.js';
+import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
+import { OPERATION_ROUTES } from './operation-routes.js';
+import { healthRoute, metricsRoute, readyRoute } from './operator-routes.js';
 
 /**
  * The OpenAPI 3.1 document, generated with @hono/zod-openapi from the same zod schemas that
@@ -13,97 +11,35 @@ import { graphErrorSchema, operationListSchema, operationResourceSchema } from '
  * installed package: no CDN).
  */
 
-const json = <T extends z.ZodType>(schema: T, description: string) => ({
-  description,
-  content: { 'application/json': { schema } },
+/** The path family the document shows; the others serve the same routes (see the description). */
+const DOCUMENTED_FAMILY = '/external/connections';
+
+const DESCRIPTION = [
+  'The Microsoft Graph connectionOperation resource of external connections.',
+  '',
+  `The operation routes are listed once, under ${DOCUMENTED_FAMILY}. The same routes are served under`,
+  '`/connections` (the beta path family), and both families also under the `/v1.0` and `/beta` prefixes,',
+  'so a Graph SDK pointed at `http://host:port/v1.0` works unchanged. The operator routes',
+  '(/healthz, /readyz, /metrics, /openapi.json, /docs) are served at the root only.',
+].join('\n');
+
+const docsRoute = createRoute({
+  method: 'get',
+  path: '/docs',
+  tags: ['operations service'],
+  summary: 'Interactive API reference',
+  responses: { 200: { description: 'HTML', content: { 'text/html': { schema: z.string() } } } },
 });
-const error = (description: string) => json(graphErrorSchema, description);
+const documentRoute = createRoute({
+  method: 'get',
+  path: '/openapi.json',
+  tags: ['operations service'],
+  summary: 'This document',
+  responses: { 200: { description: 'OpenAPI 3.1 JSON', content: { 'application/json': { schema: z.object({}).loose() } } } },
+});
 
-const connectionIdParam = z.string().meta({ description: CONNECTION_ID_RULE, example: 'contosohr' });
-const operationIdParam = z.string().meta({ description: OPERATION_ID_RULE, example: 'import-2026-11-29' });
-const retryAfter = { 'Retry-After': { description: 'Seconds to wait before polling (while inprogress) or retrying', schema: { type: 'integer' as const } } };
-const security = [{ bearer: [] }];
-const authErrors = {
-  401: error('Missing or invalid token (WWW-Authenticate says why)'),
-  403: error('The token lacks the permission, or is a personal account'),
-  429: error('The tenant exceeded its rate limit'),
-  503: error('Redis or the token keys are unavailable; retry after Retry-After'),
-};
-
-/** The operation routes of one path family under one version prefix. */
-function operationRoutes(base: string): RouteConfig[] {
-  const collection = `${base}/{connectionId}/operations`;
-  const create = (path: string): RouteConfig => ({
-    method: 'post',
-    path,
-    tags: ['operations'],
-    summary: 'Create an operation (201 with status inprogress; a worker moves it to completed or failed)',
-    security,
-    request: {
-      params: z.object({ connectionId: connectionIdParam }),
-      body: { content: { 'application/json': { schema: createOperationBodySchema } }, required: false },
-    },
-    responses: {
-      201: { ...json(operationResourceSchema, 'Created'), headers: { Location: { description: 'Absolute URL of the operation', schema: { type: 'string' } }, ...retryAfter } },
-      400: error('A property or the connection id is not allowed; the message names it'),
-      409: error('The id is already used in this tenant and connection'),
-      413: error('The body is over 1 MiB'),
-      415: error('The Content-Type is not JSON'),
-      ...authErrors,
-    },
-  });
-  return [
-    create(collection),
-    create(`${collection}/$ref`),
-    {
-      method: 'get',
-      path: collection,
-      tags: ['operations'],
-      summary: 'List operations, newest first',
-      security,
-      request: {
-        params: z.object({ connectionId: connectionIdParam }),
-        query: z.object({
-          $top: z.string().optional().meta({ description: 'Page size, 1-999 (default 100)', example: '100' }),
-          $skiptoken: z.string().optional().meta({ description: 'Opaque; take it from @odata.nextLink' }),
-          $filter: z.string().optional().meta({ description: `status eq '<${OPERATION_STATUSES.join('|')}>'`, example: "status eq 'failed'" }),
-          $count: z.enum(['true', 'false']).optional(),
-        }),
-      },
-      responses: { 200: json(operationListSchema, 'One page'), 400: error('An unsupported or invalid query option'), ...authErrors },
-    },
-    {
-      method: 'get',
-      path: `${collection}/{operationId}`,
-      tags: ['operations'],
-      summary: 'Get an operation',
-      security,
-      request: { params: z.object({ connectionId: connectionIdParam, operationId: operationIdParam }) },
-      responses: {
-        200: { ...json(operationResourceSchema, 'The operation'), headers: retryAfter },
-        404: error('No such operation in this tenant and connection'),
-        ...authErrors,
-      },
-    },
-  ];
-}
-
-const text = (description: string) => ({ description, content: { 'text/plain': { schema: z.string() } } });
-const OPERATOR_ROUTES: RouteConfig[] = [
-  { method: 'get', path: '/healthz', tags: ['operations service'], summary: 'Liveness', responses: { 200: json(z.object({ status: z.literal('ok') }), 'Alive') } },
-  {
-    method: 'get',
-    path: '/readyz',
-    tags: ['operations service'],
-    summary: 'Readiness: Redis answers',
-    responses: { 200: json(z.object({ status: z.literal('ready') }), 'Ready'), 503: error('Redis is not answering') },
-  },
-  { method: 'get', path: '/metrics', tags: ['operations service'], summary: 'Prometheus metrics (Bearer METRICS_TOKEN when set)', responses: { 200: text('Prometheus text format'), 401: error('METRICS_TOKEN is set and not given') } },
-  { method: 'get', path: '/openapi.json', tags: ['operations service'], summary: 'This document', responses: { 200: text('OpenAPI 3.1 JSON') } },
-  { method: 'get', path: '/docs', tags: ['operations service'], summary: 'Interactive API reference', responses: { 200: text('HTML') } },
-];
-
-export function buildOpenApiDocument(routeBases: string[]) {
+/** The OpenAPI 3.1 document, from the route descriptions that also validate the requests. */
+export function buildOpenApiDocument() {
   const registry = new OpenAPIHono();
   registry.openAPIRegistry.registerComponent('securitySchemes', 'bearer', {
     type: 'http',
@@ -111,15 +47,13 @@ export function buildOpenApiDocument(routeBases: string[]) {
     bearerFormat: 'JWT',
     description: 'An Entra ID style access token: scp or roles with ExternalConnection.ReadWrite.OwnedBy/.ReadWrite.All (create) or .Read.All (read)',
   });
-  for (const route of [...routeBases.flatMap(operationRoutes), ...OPERATOR_ROUTES]) registry.openAPIRegistry.registerPath(route);
+  for (const route of OPERATION_ROUTES) {
+    if (!('hide' in route && route.hide)) registry.openAPIRegistry.registerPath({ ...route, path: `${DOCUMENTED_FAMILY}${route.path}` });
+  }
+  for (const route of [healthRoute, readyRoute, metricsRoute, documentRoute, docsRoute]) registry.openAPIRegistry.registerPath(route);
   return registry.getOpenAPI31Document({
     openapi: '3.1.0',
-    info: {
-      title: 'Connection operations',
-      version: '1.0.0',
-      description:
-        'The Microsoft Graph connectionOperation resource of external connections. Every route is also served under /v1.0 and /beta.',
-    },
+    info: { title: 'Connection operations', version: '1.0.0', description: DESCRIPTION },
   });
 }
 
@@ -140,11 +74,11 @@ const DOCS_PAGE = `<!doctype html>
 </html>`;
 
 /** /openapi.json and /docs (no auth). The document is built once. */
-export function openApiRoutes(routeBases: string[]): Hono {
-  const app = new Hono();
-  const document = buildOpenApiDocument(routeBases);
-  app.get('/openapi.json', (c) => c.json(document));
-  app.get('/docs', (c) => c.html(DOCS_PAGE));
+export function openApiRoutes(): OpenAPIHono {
+  const app = new OpenAPIHono();
+  const document = buildOpenApiDocument();
+  app.openapi(documentRoute, (c) => c.json(document, 200));
+  app.openapi(docsRoute, (c) => c.html(DOCS_PAGE, 200));
   app.get('/docs/assets/*', serveStatic({ root: swaggerUiDir, rewriteRequestPath: (path) => path.replace(/^\/docs\/assets/, '') }));
   return app;
 }

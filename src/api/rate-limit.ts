@@ -1,7 +1,7 @@
 import type { MiddlewareHandler } from 'hono';
 import type { Keys } from '../shared/keys.js';
 import type { RedisClient } from '../shared/redis.js';
-import type { AppEnv } from './app.js';
+import type { AppEnv } from './env.js';
 import { GraphError, serviceUnavailable } from './errors.js';
 
 /**

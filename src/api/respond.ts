@@ -1,5 +1,5 @@
-import type { Context } from 'hono';
-import type { AppEnv } from './app.js';
+import type { Context, TypedResponse } from 'hono';
+import type { AppEnv } from './env.js';
 
 /** Responses that already carry the request's ids (the request-id middleware adds them to any other). */
 const withRequestIds = new WeakSet<Response>();
@@ -11,7 +11,7 @@ const withRequestIds = new WeakSet<Response>();
  * Every answer of the operation routes, errors included, is built here. A header a middleware
  * sets with c.header() before next() would not reach these answers: pass it in `headers` instead.
  */
-export function jsonResponse(c: Context<AppEnv>, body: unknown, status: number, headers: Record<string, string> = {}): Response {
+export function jsonResponse(c: Context<AppEnv>, body: unknown, status: number, headers: Record<string, string> = {}): JsonAnswer {
   const ids: Record<string, string> = {};
   const requestId = c.get('requestId');
   const clientRequestId = c.get('clientRequestId');
@@ -22,8 +22,13 @@ export function jsonResponse(c: Context<AppEnv>, body: unknown, status: number, 
     headers: { 'content-type': 'application/json', ...ids, ...headers },
   });
   withRequestIds.add(response);
-  return response;
+  return response as JsonAnswer;
 }
+
+/** What a route handler of @hono/zod-openapi may return: its answer's type is checked against
+ *  the route's response schemas only in the OpenAPI document, not here (hence `any`). */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type JsonAnswer = Response & TypedResponse<any, any, 'json'>;
 
 export function hasRequestIds(response: Response): boolean {
   return withRequestIds.has(response);

@@ -1,0 +1,33 @@
+import type { Hono, MiddlewareHandler } from 'hono';
+import type { Config } from '../shared/config.js';
+import type { Logger } from '../shared/logger.js';
+import type { Metrics } from '../shared/metrics.js';
+import type { OperationStore } from '../shared/store.js';
+import type { Authenticator, Principal } from './auth.js';
+import type { OperationCreator } from './create-batcher.js';
+
+/** What every request handler may read from its context. */
+export interface AppEnv {
+  Variables: {
+    requestId: string;
+    clientRequestId: string | undefined;
+    principal: Principal;
+  };
+}
+
+/** What the API app is built from (api/server.ts wires the real ones; tests wire their own). */
+export interface AppDeps {
+  store: OperationStore;
+  creates: OperationCreator;
+  auth: Authenticator;
+  config: Pick<Config, 'PUBLIC_BASE_URL' | 'TRUST_PROXY' | 'METRICS_TOKEN'>;
+  log: Logger;
+  /** Whether the process can serve requests now (Redis answers). */
+  ready: () => Promise<boolean>;
+  /** Runs after authentication on every operation route (the per-tenant rate limit). */
+  rateLimit?: MiddlewareHandler<AppEnv>;
+  /** Served at /metrics when given. */
+  metrics?: Metrics;
+  /** The Bull Board routes (with their own basic auth), served at /admin/queues when given. */
+  admin?: Hono;
+}
