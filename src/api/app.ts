@@ -1,6 +1,5 @@
 import { Hono, type MiddlewareHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
-import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { ADMIN_BASE_PATH } from './admin.js';
 import type { Authenticator } from './auth.js';
 import type { AppDeps, AppEnv } from './env.js';
@@ -74,7 +73,7 @@ function authenticate(auth: Authenticator): MiddlewareHandler<AppEnv> {
 /** Hono's own HTTPExceptions (basic auth on /admin/queues, the request validators), as the
  *  Graph error a client of this API expects. */
 function graphErrorOf(error: HTTPException, contentType: string | undefined, challenge: string | null): GraphError {
-  const status = error.status as ContentfulStatusCode;
+  const status = error.status;
   if (status === 415) {
     return new GraphError(415, 'unsupportedMediaType', `Content-Type must be application/json, not '${contentType ?? 'none'}'.`);
   }

@@ -28,7 +28,7 @@ const MAX_WAIT_MS = 20;
 /**
  * Group commit of creates. Creates are written with one Lua call per connection and carried by
  * ONE BullMQ job per batch, instead of a script and a job each: BullMQ's per-job work is what
- * bounds the accept rate (PITFALLS.md, "Throughput").
+ * bounds the accept rate (bench/README.md).
  *
  * When a batch is sent is the classic group-commit rule: a full batch goes at once; a partial
  * one goes at the end of the event-loop tick unless commits are in flight, in which case it

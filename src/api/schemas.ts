@@ -4,7 +4,7 @@ import { OPERATION_STATUSES, errorDetailSchema } from '../shared/operation.js';
 /**
  * What the API answers, as zod schemas: the OpenAPI document is generated from these and from
  * the request schemas in shared/operation.ts, and the routes build their answers with the
- * types inferred here. Examples come from SPEC.md and the Graph page the service implements.
+ * types inferred here. The examples follow Microsoft Graph's connectionOperation documentation.
  */
 
 export const operationResourceSchema = z
