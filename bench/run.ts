@@ -4,7 +4,8 @@ import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
-import { Harness, REPO_ROOT, startRedisServer } from './lib/harness.js';
+import { startRedisServer, type RedisServer } from '../scripts/lib/redis-server.js';
+import { Harness, REPO_ROOT } from './lib/harness.js';
 import { benchToken } from './lib/load.js';
 import { printTable, type SummaryRow } from './lib/report.js';
 import { fmt } from './lib/stats.js';
@@ -153,15 +154,20 @@ const log = (line: string) => {
 
 const harness = new Harness();
 harness.keepLogs = values['keep-logs'];
+let redisServer: RedisServer | undefined;
 let stopping = false;
 async function shutdown(code: number): Promise<never> {
   if (!stopping) {
     stopping = true;
     await harness.cleanup().catch(() => harness.killAllNow());
+    await redisServer?.destroy();
   }
   process.exit(code);
 }
-process.on('exit', () => harness.killAllNow());
+process.on('exit', () => {
+  harness.killAllNow();
+  redisServer?.killNow();
+});
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.on(signal, () => {
     process.stderr.write(`\n${signal}: stopping every process the bench started\n`);
@@ -228,7 +234,7 @@ interface Outcomes {
 async function main(): Promise<void> {
   const startedAt = new Date();
   const serviceEntry = buildService();
-  const redisServer = await startRedisServer(harness);
+  redisServer = await startRedisServer(['--appendonly', 'no']);
   const redis = new Redis(redisServer.url, { maxRetriesPerRequest: null });
   harness.onCleanup(() => redis.disconnect());
   const redisVersion = /^redis_version:(\S+)/m.exec(await redis.info('server'))?.[1] ?? '?';
@@ -236,7 +242,7 @@ async function main(): Promise<void> {
     harness,
     redisUrl: redisServer.url,
     redis,
-    redisPid: redisServer.child.pid,
+    redisPid: redisServer.pid!,
     token: await benchToken(),
     serviceEntry,
     serviceEnv: options.serviceEnv,

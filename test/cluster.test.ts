@@ -19,7 +19,7 @@ import {
 import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv, type ServiceProcess } from './support/processes.js';
 import { startProcessorServer, type ProcessorServer } from './support/processor-server.js';
 import { startRedisCluster, type RedisCluster } from './support/redis-cluster.js';
-import { freePort } from './support/redis-server.js';
+import { freePort } from '../scripts/lib/free-port.js';
 
 /**
  * The service on a real three-master Redis Cluster (REDIS_URL a comma-separated node list, so

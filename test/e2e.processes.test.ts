@@ -8,7 +8,8 @@ import { signToken, silentLog, TENANT, uniquePrefix } from './support/context.js
 import { killWhenHolding } from './support/load.js';
 import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv, type ServiceProcess } from './support/processes.js';
 import { startProcessorServer, type ProcessorServer } from './support/processor-server.js';
-import { freePort, startRedisServer, type RedisServer } from './support/redis-server.js';
+import { freePort } from '../scripts/lib/free-port.js';
+import { startRedisServer, type RedisServer } from '../scripts/lib/redis-server.js';
 
 /**
  * End-to-end: real API and worker processes on a redis-server of this file's own, processing
