@@ -34,6 +34,8 @@ export interface BenchContext {
   maxOtherLoadPct: number;
   /** …at most this many times (see leastDisturbed). */
   retries: number;
+  /** True once a signal stops the session: nothing is tried again then. */
+  stopping(): boolean;
 }
 
 export interface StartOptions {
