@@ -453,7 +453,7 @@ describe('the rate limit and the reconciler on the cluster', () => {
         return result.checked > 0 ? result : undefined;
       }, { timeoutMs: 5000, what: 'a sweep that gets the lock' });
       expect(first).toMatchObject({ ran: true, connections: 8, checked: 24, enqueued: 24 });
-      expect(new Set(await Promise.all(refs.map((ref) => queue.jobState(ref))))).toEqual(new Set(['waiting']));
+      expect(new Set(await Promise.all(refs.map((ref) => queue.stateOfOwnJob(ref))))).toEqual(new Set(['waiting']));
       const perShard = await Promise.all(queue.queues.map((shard) => shard.getWaitingCount()));
       expect(perShard.reduce((sum, n) => sum + n, 0)).toBe(24);
       expect(perShard.filter((n) => n > 0).length).toBeGreaterThan(1);

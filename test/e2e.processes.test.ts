@@ -125,7 +125,7 @@ async function waitUntilNothingInprogress(what: string): Promise<void> {
     what,
     context: async () => {
       const stuck = await store.inprogressCreatedBefore(connection, Date.now() + 1, 20);
-      const states = await Promise.all(stuck.map(async (id) => `${id}: job ${await queue.jobState(refOf(id))}`));
+      const states = await Promise.all(stuck.map(async (id) => `${id}: job ${await queue.stateOfOwnJob(refOf(id))}`));
       return `still inprogress (first 20): ${states.join(', ')}\n${group.describe()}`;
     },
   });
@@ -238,7 +238,7 @@ describe('service processes under crashes', () => {
     const outboxIds = ['outbox-1', 'outbox-2', '424242', 'outbox.4_~-'];
     const outboxCreatedAt = Date.now();
     for (const id of outboxIds) expect((await store.create(refOf(id))).result).toBe('created');
-    for (const id of outboxIds) expect(await queue.jobState(refOf(id))).toBe('unknown');
+    for (const id of outboxIds) expect(await queue.stateOfOwnJob(refOf(id))).toBe('unknown');
 
     let killedAt: number | undefined;
     let answered = 0;

@@ -195,8 +195,8 @@ async function waitUntilNothingInprogress(deployment: Deployment, what: string):
       const states = await Promise.all(
         stuck.map(async (id) => {
           const batch = await deployment.store.batchJobOf(refOf(id));
-          const batchState = batch ? await deployment.queue.stateOf(batch) : 'none';
-          return `${id}: own job ${await deployment.queue.jobState(refOf(id))}, batch job ${batchState}`;
+          const batchState = batch ? await deployment.queue.stateOfJob(batch) : 'none';
+          return `${id}: own job ${await deployment.queue.stateOfOwnJob(refOf(id))}, batch job ${batchState}`;
         }),
       );
       return `still inprogress (first 10): ${states.join(', ')}\n${group.describe()}`;

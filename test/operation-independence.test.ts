@@ -83,7 +83,7 @@ async function statusOf(operationId: string): Promise<Operation['status'] | unde
 /** Replaces the operation's own job unless it is running, as the reconciler did for a job that
  *  failed in BullMQ, and as an operator retrying it from the dashboard would. */
 async function renewOwnJob(operationId: string) {
-  const bull = queue.queueFor(ref(operationId));
+  const bull = queue.queueOfJob(jobIdOf(ref(operationId)));
   const state = await bull.getJobState(jobIdOf(ref(operationId)));
   if (state === 'active') return;
   if (state !== 'unknown') await bull.remove(jobIdOf(ref(operationId)));

@@ -10,7 +10,7 @@ import type { RedisClient } from './redis.js';
  */
 
 /** A job that carries one operation, its "own job": a retry, or a re-enqueue by the reconciler. */
-export const JOB_NAME = 'process-operation';
+export const OWN_JOB_NAME = 'process-operation';
 /** A job that carries a batch of operations the API created together (api/create-batcher.ts). */
 export const BATCH_JOB_NAME = 'process-batch';
 
@@ -103,19 +103,15 @@ export class OperationQueue {
     });
   }
 
-  /** The queue that holds this operation's own job. */
-  queueFor(ref: OperationRef): Queue<JobData> {
-    return this.queueOfJob(jobIdOf(ref));
-  }
-
   /** The operation's own job, after `delayMs`. Idempotent while the job exists: BullMQ ignores an
    *  add whose job id is taken. */
   async enqueue(ref: OperationRef, delayMs = 0): Promise<void> {
     const { tenantId, connectionId, operationId } = ref;
-    await this.queueFor(ref).add(
-      JOB_NAME,
+    const jobId = jobIdOf(ref);
+    await this.queueOfJob(jobId).add(
+      OWN_JOB_NAME,
       { tenantId, connectionId, operationId },
-      jobOptions(jobIdOf(ref), this.policy.attempts, this.policy.backoffMs, delayMs),
+      jobOptions(jobId, this.policy.attempts, this.policy.backoffMs, delayMs),
     );
   }
 
@@ -127,23 +123,28 @@ export class OperationQueue {
 
   /** One job for operations created together (`jobId` from newBatchJobId, recorded on them). */
   async enqueueBatch(jobId: string, batch: OperationRef[]): Promise<void> {
-    const queue = this.queues[shardOf(jobId, this.queues.length)]!;
-    await queue.add(BATCH_JOB_NAME, { batch }, jobOptions(jobId, this.policy.attempts, this.policy.backoffMs));
+    await this.queueOfJob(jobId).add(BATCH_JOB_NAME, { batch }, jobOptions(jobId, this.policy.attempts, this.policy.backoffMs));
   }
 
-  /** BullMQ's state of a job ('unknown' when there is none). */
-  async stateOf(jobId: string): Promise<string> {
-    return this.queueOfJob(jobId).getJobState(jobId);
-  }
-
-  /** The queue that holds a job: an operation's own job or a batch job. */
+  /** The shard's queue that holds job `jobId` (an operation's own job is `jobIdOf(ref)`). */
   queueOfJob(jobId: string): Queue<JobData> {
     return this.queues[shardOf(jobId, this.queues.length)]!;
   }
 
-  /** BullMQ's state of this operation's job ('unknown' when there is none). */
-  async jobState(ref: OperationRef): Promise<string> {
-    return this.queueFor(ref).getJobState(jobIdOf(ref));
+  /** BullMQ's state of job `jobId`: 'unknown' when there is none. */
+  async stateOfJob(jobId: string): Promise<string> {
+    return this.queueOfJob(jobId).getJobState(jobId);
+  }
+
+  /** BullMQ's state of the operation's own job: 'unknown' when there is none. */
+  async stateOfOwnJob(ref: OperationRef): Promise<string> {
+    return this.stateOfJob(jobIdOf(ref));
+  }
+
+  /** Removes job `jobId`, so that its id can be added again; false when there was none, or a
+   *  worker holds it (a held job is left alone). */
+  async removeJob(jobId: string): Promise<boolean> {
+    return (await this.queueOfJob(jobId).remove(jobId)) === 1;
   }
 
   /** Jobs per state, summed over the shards. */
