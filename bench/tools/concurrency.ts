@@ -4,8 +4,8 @@ import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { loadConfig } from '../../src/shared/config.js';
-import { OperationQueue, newBatchJobId } from '../../src/shared/queue.js';
-import { OperationStore } from '../../src/shared/store.js';
+import { newBatchJobId } from '../../src/shared/queue.js';
+import { operationsFor } from '../../src/shared/wiring.js';
 import { processCpuMicros, processRssBytes, sleep, type Harness } from '../lib/harness.js';
 import { TENANT_ID } from '../lib/load.js';
 import { leastDisturbed } from '../lib/retry.js';
@@ -144,15 +144,8 @@ async function startProcessor(harness: Harness, delayMs: number): Promise<Proces
 
 /** Creates `ops` inprogress operations in one connection and their batch jobs, as the API does. */
 async function preload(ctx: BenchContext, ops: number): Promise<void> {
-  const config = loadConfig({});
   const client = new Redis(ctx.redisUrl, { maxRetriesPerRequest: null });
-  const store = new OperationStore(client, { prefix: SERVICE_PREFIX, retentionMs: config.OPERATION_RETENTION_SECONDS * 1000 });
-  const queue = new OperationQueue(
-    client,
-    SERVICE_PREFIX,
-    { attempts: config.OPERATION_ATTEMPTS, backoffMs: config.OPERATION_BACKOFF_MS },
-    pino({ level: 'silent' }),
-  );
+  const { store, queue } = operationsFor(loadConfig({ REDIS_PREFIX: SERVICE_PREFIX }), client, pino({ level: 'silent' }));
   const connection = { tenantId: TENANT_ID, connectionId: CONNECTION_ID };
   try {
     for (let created = 0; created < ops; created += BATCH_SIZE) {
