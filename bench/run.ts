@@ -212,6 +212,11 @@ function summaryRows({ accept, e2e, latency, growth }: Outcomes): SummaryRow[] {
       pass: check(memory.bytesPerOp, 600, false),
     });
     rows.push({
+      metric: "  BullMQ's completed-job history (bounded; not counted above)",
+      measured: `${fmt(memory.jobHistory.jobs)} jobs, ${fmt(memory.jobHistory.bytes / 1024)} KiB`,
+      target: 'info',
+    });
+    rows.push({
       metric: `list $top=100: ${fmt(list.large)} vs ${fmt(list.small)} ops (HTTP)`,
       measured: `${fmt(list.http.ratio, 2)}× (${fmt(list.http.large, 2)} vs ${fmt(list.http.small, 2)} ms; store ${fmt(list.store.ratio, 2)}×)`,
       target: '≤ 1.5×',

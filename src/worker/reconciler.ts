@@ -180,7 +180,8 @@ export class Reconciler {
     const ownJobId = jobIdOf(ref);
     const state = await queue.stateOfJob(ownJobId);
     if (isLive(state)) return false;
-    // A failed (or completed) own job keeps its id taken: BullMQ would ignore the new one.
+    // A failed own job keeps its id taken (so would a completed one, were it kept; see jobOptions
+    // in shared/queue.ts), and BullMQ would ignore the new one: it goes first.
     if (state !== 'unknown') await queue.removeJob(ownJobId);
     // Re-check: the operation may have finished while we looked at its jobs.
     const operation = await store.get(ref);
