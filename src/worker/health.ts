@@ -85,6 +85,7 @@ export interface HealthServerOptions {
 
 /** A worker process's /healthz (consuming?), /readyz (Redis answers) and /metrics. */
 export async function startHealthServer({ port, monitor, ready, metrics, metricsToken }: HealthServerOptions): Promise<Service & { port: number }> {
+  metrics.workerSeries(); // shown from the first scrape, before the first operation ends
   const app = new Hono();
   app.get('/healthz', async (c) =>
     (await monitor.isConsuming()) ? c.json({ status: 'ok' }) : c.json({ status: 'stuck: jobs are waiting and none was taken' }, 503),

@@ -71,7 +71,8 @@ export interface OperationWorker {
  * waits in the queue (taking fewer jobs would leave slots idle beside a slow operation; switching
  * BullMQ's concurrency at run time does not wake its fetch loop).
  */
-export function createWorker({ connection, store, queue, processor, config, log, metrics }: WorkerDeps): OperationWorker {
+export function createWorker({ connection, store, queue, processor, config, log, metrics: processMetrics }: WorkerDeps): OperationWorker {
+  const metrics = processMetrics?.workerSeries();
   const slots = new Semaphore(config.WORKER_CONCURRENCY);
   const attempts = new Attempts(
     store,
