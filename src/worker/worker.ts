@@ -105,9 +105,8 @@ export function createWorker({ connection, store, queue, processor, config, log,
       return { status: 'completed' };
     } catch (error) {
       // Aborted by this worker's own shutdown (SHUTDOWN_TIMEOUT_MS passed): the processor did not
-      // fail, we stopped waiting for it. Treating this as a processing failure recorded the
-      // operation `failed` ("processorUnreachable") when it was on its last attempt, and spent an
-      // attempt otherwise (found by test/e2e.processes.test.ts). The attempt is given back.
+      // fail, we stopped waiting for it. So the attempt is given back, not counted as a failure
+      // (which would spend an attempt, or fail the operation on its last one).
       if (aborted && held.signal.aborted) return { interrupted: error };
       const permanent = permanentFailureOf(error);
       if (permanent) return { status: 'failed', error: permanent };
