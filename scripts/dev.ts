@@ -19,14 +19,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SignJWT } from 'jose';
 import { ConfigError, loadConfig, type Config } from '../src/shared/config.js';
+import { RedisServerNotFound, startRedisServer, type RedisServer } from './lib/redis-server.js';
 import { redisAnswers } from './redis-answers.js';
 
 const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -46,15 +45,7 @@ const REDIS_INSTALL_HELP = `No Redis answers and no redis-server is installed. G
   Docker:         docker run -p 6379:6379 redis:7
 then run \`npm run dev\` again (or set REDIS_URL to a Redis you have).`;
 
-interface ThrowawayRedis {
-  url: string;
-  pid: number;
-  stop(): Promise<void>;
-  /** Synchronous last resort for the 'exit' event: SIGKILL and delete the directory. */
-  killNow(): void;
-}
-
-let redisServer: ThrowawayRedis | undefined;
+let redisServer: RedisServer | undefined;
 let service: ChildProcess | undefined;
 let stopping = false;
 
@@ -73,63 +64,6 @@ async function listenable(port: number, host: string): Promise<number | undefine
       server.close(() => resolve(chosen));
     });
   });
-}
-
-async function startThrowawayRedis(): Promise<ThrowawayRedis> {
-  const port = await listenable(0, '127.0.0.1');
-  if (port === undefined) throw new Error('no free port for redis-server');
-  const dir = mkdtempSync(join(tmpdir(), 'cops-dev-redis-'));
-  const child = spawn(
-    'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no', '--maxmemory-policy', 'noeviction'],
-    { stdio: 'ignore', detached: true },
-  );
-  const exited = new Promise<void>((resolve) => {
-    child.once('exit', () => resolve());
-    child.once('error', () => resolve());
-  });
-  const spawnError = new Promise<NodeJS.ErrnoException>((resolve) => child.once('error', resolve));
-  const url = `redis://127.0.0.1:${port}`;
-  const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      const killer = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(killer);
-    }
-    rmSync(dir, { recursive: true, force: true });
-  };
-
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const failed = await Promise.race([spawnError, new Promise<undefined>((resolve) => setTimeout(resolve, 100, undefined))]);
-    if (failed) {
-      rmSync(dir, { recursive: true, force: true });
-      if (failed.code === 'ENOENT') {
-        process.stderr.write(`${REDIS_INSTALL_HELP}\n`);
-        process.exit(1);
-      }
-      throw failed;
-    }
-    if (child.exitCode !== null || child.signalCode !== null) {
-      await stop();
-      throw new Error(`redis-server exited at startup (code ${child.exitCode}, signal ${child.signalCode})`);
-    }
-    if (await redisAnswers(url)) break;
-    if (Date.now() > deadline) {
-      await stop();
-      throw new Error(`redis-server on port ${port} did not answer within 10 s`);
-    }
-  }
-  return {
-    url,
-    pid: child.pid ?? -1,
-    stop,
-    killNow() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
 }
 
 function localBaseUrl(config: Config): string {
@@ -171,8 +105,9 @@ async function waitUntilReady(base: string): Promise<void> {
 
 async function cleanupAndExit(code: number): Promise<never> {
   if (redisServer) {
-    await redisServer.stop();
-    say(`[dev] stopped the throwaway redis-server (pid ${redisServer.pid})`);
+    const { pid } = redisServer;
+    await redisServer.destroy();
+    say(`[dev] stopped the throwaway redis-server (pid ${pid})`);
     redisServer = undefined;
   }
   process.exit(code);
@@ -222,7 +157,13 @@ async function main(): Promise<void> {
     redisLine = `${requestedRedis} (answered)`;
   } else {
     say(`[dev] no Redis answers at ${firstNode}; starting a throwaway redis-server`);
-    redisServer = await startThrowawayRedis();
+    try {
+      redisServer = await startRedisServer([], { detached: true });
+    } catch (error) {
+      if (!(error instanceof RedisServerNotFound)) throw error;
+      process.stderr.write(`${REDIS_INSTALL_HELP}\n`);
+      process.exit(1);
+    }
     env.REDIS_URL = redisServer.url;
     redisLine = `${redisServer.url} (throwaway redis-server, pid ${redisServer.pid}; stopped and deleted on exit)`;
   }

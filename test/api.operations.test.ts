@@ -33,7 +33,7 @@ describe('POST operations', () => {
     // The create's batch job carries it, and the record names that job.
     const batchJobId = await ctx.store.batchJobOf({ tenantId: '11111111-1111-4111-8111-111111111111', connectionId: 'contosohr', operationId: 'op-1' });
     expect(batchJobId).toMatch(/^batch~/);
-    expect(await ctx.queue.stateOf(batchJobId!)).toBe('waiting');
+    expect(await ctx.queue.stateOfJob(batchJobId!)).toBe('waiting');
   });
 
   it('carries creates of one tick in one job, and answers each on its own', async () => {
@@ -49,7 +49,7 @@ describe('POST operations', () => {
     expect(answers.map((answer) => answer.result)).toEqual(['created', 'created', 'created', 'exists']);
     const jobs = new Set(await Promise.all(refs.map((ref) => ctx.store.batchJobOf(ref))));
     expect(jobs.size).toBe(1);
-    expect(await ctx.queue.stateOf([...jobs][0]!)).toBe('waiting');
+    expect(await ctx.queue.stateOfJob([...jobs][0]!)).toBe('waiting');
   });
 
   describe('group commit', () => {

@@ -19,7 +19,7 @@ import {
 import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv, type ServiceProcess } from './support/processes.js';
 import { startProcessorServer, type ProcessorServer } from './support/processor-server.js';
 import { startRedisCluster, type RedisCluster } from './support/redis-cluster.js';
-import { freePort } from './support/redis-server.js';
+import { freePort } from '../scripts/lib/free-port.js';
 
 /**
  * The service on a real three-master Redis Cluster (REDIS_URL a comma-separated node list, so
@@ -453,7 +453,7 @@ describe('the rate limit and the reconciler on the cluster', () => {
         return result.checked > 0 ? result : undefined;
       }, { timeoutMs: 5000, what: 'a sweep that gets the lock' });
       expect(first).toMatchObject({ ran: true, connections: 8, checked: 24, enqueued: 24 });
-      expect(new Set(await Promise.all(refs.map((ref) => queue.jobState(ref))))).toEqual(new Set(['waiting']));
+      expect(new Set(await Promise.all(refs.map((ref) => queue.stateOfOwnJob(ref))))).toEqual(new Set(['waiting']));
       const perShard = await Promise.all(queue.queues.map((shard) => shard.getWaitingCount()));
       expect(perShard.reduce((sum, n) => sum + n, 0)).toBe(24);
       expect(perShard.filter((n) => n > 0).length).toBeGreaterThan(1);

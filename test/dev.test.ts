@@ -8,7 +8,7 @@ import { uniquePrefix } from './support/context.js';
 import { processExists, RunningProcess } from './support/child-process.js';
 import { REPO_ROOT } from './support/deployment.js';
 import { pollUntil, serviceEnv } from './support/processes.js';
-import { freePort } from './support/redis-server.js';
+import { freePort } from '../scripts/lib/free-port.js';
 
 /**
  * `npm run dev` (scripts/dev.ts) as a newcomer meets it: a real run with its own children

@@ -9,7 +9,7 @@ import { RunningProcess, type ExitInfo } from './support/child-process.js';
 import { composeService, loadCompose, loadDockerfile, REPO_ROOT } from './support/deployment.js';
 import { envOf, execForm, healthcheckOf, instructionsOf, type Stage } from './support/dockerfile.js';
 import { pollUntil, serviceEnv } from './support/processes.js';
-import { freePort } from './support/redis-server.js';
+import { freePort } from '../scripts/lib/free-port.js';
 
 /**
  * The image, built without Docker: each stage of the Dockerfile is performed in a directory of

@@ -8,7 +8,8 @@ import { signToken, silentLog, TENANT, uniquePrefix } from './support/context.js
 import { killWhenHolding } from './support/load.js';
 import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv, type ServiceProcess } from './support/processes.js';
 import { startProcessorServer, type ProcessorServer } from './support/processor-server.js';
-import { freePort, startRedisServer, type RedisServer } from './support/redis-server.js';
+import { freePort } from '../scripts/lib/free-port.js';
+import { startRedisServer, type RedisServer } from '../scripts/lib/redis-server.js';
 
 /**
  * End-to-end: real API and worker processes on a redis-server of this file's own, processing
@@ -124,7 +125,7 @@ async function waitUntilNothingInprogress(what: string): Promise<void> {
     what,
     context: async () => {
       const stuck = await store.inprogressCreatedBefore(connection, Date.now() + 1, 20);
-      const states = await Promise.all(stuck.map(async (id) => `${id}: job ${await queue.jobState(refOf(id))}`));
+      const states = await Promise.all(stuck.map(async (id) => `${id}: job ${await queue.stateOfOwnJob(refOf(id))}`));
       return `still inprogress (first 20): ${states.join(', ')}\n${group.describe()}`;
     },
   });
@@ -237,7 +238,7 @@ describe('service processes under crashes', () => {
     const outboxIds = ['outbox-1', 'outbox-2', '424242', 'outbox.4_~-'];
     const outboxCreatedAt = Date.now();
     for (const id of outboxIds) expect((await store.create(refOf(id))).result).toBe('created');
-    for (const id of outboxIds) expect(await queue.jobState(refOf(id))).toBe('unknown');
+    for (const id of outboxIds) expect(await queue.stateOfOwnJob(refOf(id))).toBe('unknown');
 
     let killedAt: number | undefined;
     let answered = 0;

@@ -10,7 +10,8 @@ import { OperationStore } from '../src/shared/store.js';
 import { signToken, silentLog, TENANT, TEST_SECRET, uniquePrefix } from './support/context.js';
 import { CreateLoad, maxLatency, Prober, within, type RequestRecord } from './support/fault-load.js';
 import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, serviceEnv, testServiceEnv, type ServiceProcess } from './support/processes.js';
-import { freePort, startRedisServer, type RedisServer } from './support/redis-server.js';
+import { freePort } from '../scripts/lib/free-port.js';
+import { startRedisServer, type RedisServer } from '../scripts/lib/redis-server.js';
 
 /**
  * Redis faults against the service's real processes, each test on redis-servers of its own:
@@ -194,8 +195,8 @@ async function waitUntilNothingInprogress(deployment: Deployment, what: string):
       const states = await Promise.all(
         stuck.map(async (id) => {
           const batch = await deployment.store.batchJobOf(refOf(id));
-          const batchState = batch ? await deployment.queue.stateOf(batch) : 'none';
-          return `${id}: own job ${await deployment.queue.jobState(refOf(id))}, batch job ${batchState}`;
+          const batchState = batch ? await deployment.queue.stateOfJob(batch) : 'none';
+          return `${id}: own job ${await deployment.queue.stateOfOwnJob(refOf(id))}, batch job ${batchState}`;
         }),
       );
       return `still inprogress (first 10): ${states.join(', ')}\n${group.describe()}`;

@@ -1,6 +1,6 @@
 import type { TestProject } from 'vitest/node';
 import { redisAnswers } from '../scripts/redis-answers.js';
-import { startRedisServer, type RedisServer } from './support/redis-server.js';
+import { startRedisServer, type RedisServer } from '../scripts/lib/redis-server.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {

@@ -56,7 +56,7 @@ describe('Reconciler.sweep', () => {
 
     clock += 2000;
     expect(await reconciler().sweep()).toMatchObject({ checked: 1, enqueued: 1 });
-    expect(await queue.jobState(ref('orphan'))).toBe('waiting');
+    expect(await queue.stateOfOwnJob(ref('orphan'))).toBe('waiting');
   });
 
   it('leaves operations whose job is waiting alone', async () => {
@@ -74,7 +74,7 @@ describe('Reconciler.sweep', () => {
 
     await queue.queueOfJob('batch~b1').remove('batch~b1');
     expect(await reconciler().sweep()).toMatchObject({ checked: 1, enqueued: 1 });
-    expect(await queue.jobState(ref('in-batch'))).toBe('waiting');
+    expect(await queue.stateOfOwnJob(ref('in-batch'))).toBe('waiting');
   });
 
   it('re-enqueues an operation whose job stalled too often, keeping its spent attempts', async () => {
@@ -89,7 +89,7 @@ describe('Reconciler.sweep', () => {
     await failJob('poison', 'job stalled more than allowable limit');
     clock += 2000;
     expect(await reconciler().sweep()).toMatchObject({ checked: 1, enqueued: 1 });
-    expect(await queue.jobState(ref('poison'))).toBe('waiting');
+    expect(await queue.stateOfOwnJob(ref('poison'))).toBe('waiting');
     // The new job's claim finds the attempts spent: the operation fails instead of looping.
     expect(await store.claim(ref('poison'), '', [{ operationId: 'poison', holder: 'h3' }], rules)).toEqual([{ kind: 'exhausted', attempts: 2 }]);
     expect(await store.get(ref('poison'))).toMatchObject({ status: 'failed', error: { errorCode: 'processingInterrupted' } });
@@ -100,7 +100,7 @@ describe('Reconciler.sweep', () => {
     await failJob('lost-write', 'Connection is closed.');
     clock += 2000;
     expect(await reconciler().sweep()).toMatchObject({ checked: 1, enqueued: 1 });
-    expect(await queue.jobState(ref('lost-write'))).toBe('waiting');
+    expect(await queue.stateOfOwnJob(ref('lost-write'))).toBe('waiting');
   });
 
   it('runs one sweep at a time across processes, releasing the lock when it ends', async () => {

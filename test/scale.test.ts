@@ -7,7 +7,8 @@ import { signToken, silentLog, TENANT, uniquePrefix } from './support/context.js
 import { callsPerWorker, createBodies, createOperation, finishLogCounts, seenMoreThanOnce } from './support/load.js';
 import { mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv } from './support/processes.js';
 import { startProcessorServer, type ProcessorServer } from './support/processor-server.js';
-import { freePort, startRedisServer, type RedisServer } from './support/redis-server.js';
+import { freePort } from '../scripts/lib/free-port.js';
+import { startRedisServer, type RedisServer } from '../scripts/lib/redis-server.js';
 
 /**
  * Many worker processes on one Redis: a load of creates through a real API is shared among the

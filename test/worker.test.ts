@@ -300,3 +300,37 @@ describe('the worker', () => {
     await expect(loadModuleProcessor(path)).rejects.toThrow(/default export must be the processor function/);
   });
 });
+
+describe('finished jobs', () => {
+  it('keeps completed batch jobs, named with their size, but no completed own job that would swallow the next one', async () => {
+    const connection = { tenantId: TENANT, connectionId: 'conn1' };
+    const ref = { ...connection, operationId: 'handed-over' };
+    await store.createMany(connection, [ref.operationId], 'batch~kept');
+    // An own job while the batch still carries the operation (as a reconciler racing the batch
+    // would add): it finds the operation elsewhere and completes without running it.
+    await queue.enqueue(ref);
+    const attempts: number[] = [];
+    startWorker(async ({ attempt }) => {
+      attempts.push(attempt);
+      if (attempt === 1) throw new Error('try again');
+    });
+    for (const deadline = Date.now() + 10_000; ['waiting', 'active'].includes(await queue.stateOfOwnJob(ref)); ) {
+      if (Date.now() > deadline) throw new Error(`the own job is still ${await queue.stateOfOwnJob(ref)}`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    expect(await queue.stateOfOwnJob(ref)).toBe('unknown');
+    expect(attempts).toEqual([]);
+
+    // The batch's first attempt fails and hands the operation to its own job: the same job id as
+    // the one that completed, so a kept completed job would make BullMQ ignore this add.
+    await queue.enqueueBatch('batch~kept', [ref]);
+    expect(await terminal(ref.operationId)).toMatchObject({ status: 'completed' });
+    expect(attempts).toEqual([1, 2]);
+    expect(await queue.stateOfOwnJob(ref)).toBe('unknown');
+
+    const batch = await queue.queueOfJob('batch~kept').getJob('batch~kept');
+    expect(await batch?.getState()).toBe('completed');
+    expect(batch?.name).toBe('process-batch (1 operation)');
+    expect(batch?.data).toEqual({ batch: [ref] });
+  });
+});

@@ -3,8 +3,6 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } fr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Redis } from 'ioredis';
-import { freePort } from '../../test/support/redis-server.js';
 
 /**
  * The bench's process bookkeeping: every child (service processes, baselines, redis-server) is
@@ -19,9 +17,6 @@ const STDERR_TAIL_CHARS = 4000;
 const CLOCK_TICKS_PER_SECOND = 100;
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-// The test suite's free-port probe serves the bench too.
-export { freePort };
 
 /** One spawned process: stdout goes to a log file (cheap for the child, never parsed while
  *  load runs), stderr is kept as a short tail for error messages. */
@@ -196,44 +191,6 @@ export async function waitFor(
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${context ? `\n${context()}` : ''}`);
     await sleep(intervalMs);
   }
-}
-
-export interface RedisServerHandle {
-  url: string;
-  port: number;
-  child: Child;
-}
-
-/** A fresh redis-server on a free port (no persistence, noeviction, 127.0.0.1 only). */
-export async function startRedisServer(harness: Harness): Promise<RedisServerHandle> {
-  const port = await freePort();
-  const redisDir = mkdtempSync(join(harness.dir, 'redis-'));
-  const child = harness.spawn(
-    'redis-server',
-    'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--dir', redisDir, '--save', '', '--appendonly', 'no', '--maxmemory-policy', 'noeviction'],
-    {},
-  );
-  const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-  client.on('error', () => {});
-  try {
-    await waitFor(
-      async () => {
-        if (!child.running) throw new Error(`redis-server exited\n${child.describe()}`);
-        try {
-          if (client.status !== 'ready') await client.connect();
-          return (await client.ping()) === 'PONG';
-        } catch {
-          client.disconnect();
-          return false;
-        }
-      },
-      { timeoutMs: 10_000, what: 'redis-server to answer PING' },
-    );
-  } finally {
-    client.disconnect();
-  }
-  return { url: `redis://127.0.0.1:${port}`, port, child };
 }
 
 /** CPU time (user + system) a process has used so far, in microseconds, from /proc. */

@@ -15,7 +15,7 @@ export async function leastDisturbed<T extends { otherLoadPct: number }>(ctx: Be
     } catch (error) {
       // A run that failed (a process killed from outside, a deadline missed) is tried again
       // while tries remain; the last failure is reported.
-      if (attempt === ctx.retries) {
+      if (attempt === ctx.retries || ctx.stopping()) {
         if (best) return best;
         throw error;
       }

@@ -1,8 +1,9 @@
 import type { Redis } from 'ioredis';
 import { NAIVE_COMPLETED_KEY, naiveOperationKey } from '../baselines/naive.js';
 import { RAW_COMPLETED_KEY } from '../baselines/raw-bullmq.js';
+import { freePort } from '../../scripts/lib/free-port.js';
 import { createKeys } from '../../src/shared/keys.js';
-import { freePort, waitFor, type Child, type Harness } from './harness.js';
+import { waitFor, type Child, type Harness } from './harness.js';
 import { JWT_SECRET, TENANT_ID } from './load.js';
 
 /**
@@ -33,6 +34,8 @@ export interface BenchContext {
   maxOtherLoadPct: number;
   /** …at most this many times (see leastDisturbed). */
   retries: number;
+  /** True once a signal stops the session: nothing is tried again then. */
+  stopping(): boolean;
 }
 
 export interface StartOptions {

@@ -3,10 +3,9 @@ import { serve } from '@hono/node-server';
 import type { Config } from '../shared/config.js';
 import type { Service } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
-import { OperationQueue } from '../shared/queue.js';
 import { createRedis, waitUntilReady, warnUnlessNoEviction } from '../shared/redis.js';
-import { OperationStore } from '../shared/store.js';
 import type { Metrics } from '../shared/metrics.js';
+import { operationsFor } from '../shared/wiring.js';
 import { adminRoutes } from './admin.js';
 import { createApp } from './app.js';
 import { CreateBatcher } from './create-batcher.js';
@@ -27,18 +26,8 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics): P
   await waitUntilReady(redis);
   await warnUnlessNoEviction(redis, log);
   // Built only once Redis is ready: BullMQ caches a failed start-up check forever.
-  const queue = new OperationQueue(
-    redis,
-    config.REDIS_PREFIX,
-    { attempts: config.OPERATION_ATTEMPTS, backoffMs: config.OPERATION_BACKOFF_MS },
-    log,
-    config.QUEUE_SHARDS,
-  );
+  const { store, queue } = operationsFor(config, redis, log);
   metrics.watchQueues(queue);
-  const store = new OperationStore(redis, {
-    prefix: config.REDIS_PREFIX,
-    retentionMs: config.OPERATION_RETENTION_SECONDS * 1000,
-  });
   const ready = async () => {
     try {
       return (await redis.ping()) === 'PONG';

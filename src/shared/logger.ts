@@ -29,11 +29,11 @@ export function createLogger(config: Pick<Config, 'LOG_LEVEL' | 'LOG_FORMAT'>, n
   if (config.LOG_FORMAT === 'pretty') {
     return pino({ ...options, transport: { target: 'pino-pretty', options: { colorize: true } } });
   }
-  // Lines are written 4 KiB at a time rather than one write each (a write per line was a tenth
-  // of the worker's CPU per operation), and at least every FLUSH_INTERVAL_MS when traffic is low.
+  // Lines are written 4 KiB at a time rather than one write each (a system call per log line is
+  // a real share of an operation's CPU), and at least every FLUSH_INTERVAL_MS when traffic is low.
   // The 4 KiB write is synchronous: in async mode sonic-boom keeps appending to its buffer while
-  // a write is in flight and measures the whole buffer's byte length on every line (7% of the
-  // worker's CPU in a profile), and each write goes through the libuv thread pool. Synchronous
+  // a write is in flight and measures the whole buffer's byte length on every line, and each
+  // write goes through the libuv thread pool. Synchronous
   // is also pino's default: a log reader that falls behind slows the process rather than
   // letting memory grow (on a full non-blocking pipe, sonic-boom retries the write after
   // sleeping 100 ms, event loop included).

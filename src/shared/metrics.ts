@@ -2,55 +2,55 @@ import { timingSafeEqual } from 'node:crypto';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { OperationQueue } from './queue.js';
 
-/**
- * The service's Prometheus metrics. One Metrics per process, made by the composition root and
- * passed to the API and the worker (no global registry). Labels never carry tenant ids,
- * operation ids or tokens: only route templates, statuses and error codes.
- */
-export class Metrics {
-  readonly registry = new Registry();
+/** The API's series. */
+export class ApiSeries {
+  readonly httpDuration: Histogram<'method' | 'route' | 'status'>;
+  readonly operationsCreated: Counter;
 
-  readonly httpDuration = new Histogram({
-    name: 'http_request_duration_seconds',
-    help: 'HTTP request duration by method, route template and status',
-    labelNames: ['method', 'route', 'status'] as const,
-    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
-    registers: [this.registry],
-  });
+  constructor(registry: Registry) {
+    this.httpDuration = new Histogram({
+      name: 'http_request_duration_seconds',
+      help: 'HTTP request duration by method, route template and status',
+      labelNames: ['method', 'route', 'status'] as const,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    });
+    this.operationsCreated = new Counter({
+      name: 'operations_created_total',
+      help: 'Operations accepted with 201',
+      registers: [registry],
+    });
+  }
+}
 
-  readonly operationsCreated = new Counter({
-    name: 'operations_created_total',
-    help: 'Operations accepted with 201',
-    registers: [this.registry],
-  });
-
-  readonly operationsFinished = new Counter({
-    name: 'operations_finished_total',
-    help: 'Operations that reached a terminal status, by status and errorCode',
-    labelNames: ['status', 'error_code'] as const,
-    registers: [this.registry],
-  });
-
-  readonly processingDuration = new Histogram({
-    name: 'operation_processing_duration_seconds',
-    help: 'Time one attempt spent in the processor and recording its outcome',
-    labelNames: ['outcome'] as const,
-    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30],
-    registers: [this.registry],
-  });
-
-  readonly queueWait = new Histogram({
-    name: 'operation_queue_wait_seconds',
-    help: 'Time from enqueue (or retry) to a worker taking the job',
-    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120],
-    registers: [this.registry],
-  });
-
+/** A worker's series. */
+export class WorkerSeries {
+  readonly operationsFinished: Counter<'status' | 'error_code'>;
+  readonly processingDuration: Histogram<'outcome'>;
+  readonly queueWait: Histogram;
   /** Processor error codes are free text: a bounded set keeps the label's cardinality bounded. */
   private readonly errorCodes = new Set<string>();
 
-  constructor({ processMetrics = true }: { processMetrics?: boolean } = {}) {
-    if (processMetrics) collectDefaultMetrics({ register: this.registry });
+  constructor(registry: Registry) {
+    this.operationsFinished = new Counter({
+      name: 'operations_finished_total',
+      help: 'Operations that reached a terminal status, by status and errorCode',
+      labelNames: ['status', 'error_code'] as const,
+      registers: [registry],
+    });
+    this.processingDuration = new Histogram({
+      name: 'operation_processing_duration_seconds',
+      help: 'Time one attempt spent in the processor and recording its outcome',
+      labelNames: ['outcome'] as const,
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30],
+      registers: [registry],
+    });
+    this.queueWait = new Histogram({
+      name: 'operation_queue_wait_seconds',
+      help: 'Time from enqueue (or retry) to a worker taking the job',
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120],
+      registers: [registry],
+    });
   }
 
   finished(status: string, errorCode: string | undefined): void {
@@ -61,9 +61,47 @@ export class Metrics {
     }
     this.operationsFinished.inc({ status, error_code: code });
   }
+}
 
-  /** Queue depth gauges, read from Redis at scrape time (a failed read leaves them unset). */
+/**
+ * The service's Prometheus metrics. One Metrics per process, made by the composition root and
+ * passed to the API and the worker (no global registry). Each side's series join the registry
+ * when that side first asks for them (the API when it starts watching the queues, a worker when
+ * it is created), so a process serves only the series of what it runs: both when it runs both.
+ * Labels never carry tenant ids, operation ids or tokens: only route templates, statuses and
+ * error codes.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  private api: ApiSeries | undefined;
+  private worker: WorkerSeries | undefined;
+
+  constructor({ processMetrics = true }: { processMetrics?: boolean } = {}) {
+    if (processMetrics) collectDefaultMetrics({ register: this.registry });
+  }
+
+  apiSeries(): ApiSeries {
+    return (this.api ??= new ApiSeries(this.registry));
+  }
+
+  workerSeries(): WorkerSeries {
+    return (this.worker ??= new WorkerSeries(this.registry));
+  }
+
+  /** The API's (src/api observes it). */
+  get httpDuration(): ApiSeries['httpDuration'] {
+    return this.apiSeries().httpDuration;
+  }
+
+  /** The API's (src/api counts it). */
+  get operationsCreated(): ApiSeries['operationsCreated'] {
+    return this.apiSeries().operationsCreated;
+  }
+
+  /** The API's queue depth gauges, read from Redis at scrape time (a failed read leaves them
+   *  unset); registers the rest of the API's series too, so they show from the first scrape. */
   watchQueues(queue: Pick<OperationQueue, 'counts'>): void {
+    this.apiSeries();
     const gauge = new Gauge({
       name: 'operation_queue_jobs',
       help: 'Jobs in the operation queue by state, read at scrape time',

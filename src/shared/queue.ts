@@ -10,9 +10,12 @@ import type { RedisClient } from './redis.js';
  */
 
 /** A job that carries one operation, its "own job": a retry, or a re-enqueue by the reconciler. */
-export const JOB_NAME = 'process-operation';
-/** A job that carries a batch of operations the API created together (api/create-batcher.ts). */
-export const BATCH_JOB_NAME = 'process-batch';
+export const OWN_JOB_NAME = 'process-operation';
+/** A job that carries a batch of operations the API created together (api/create-batcher.ts),
+ *  named with their number so that a dashboard's job list shows it (its data lists them). */
+export function batchJobName(operations: number): string {
+  return `process-batch (${operations} operation${operations === 1 ? '' : 's'})`;
+}
 
 /**
  * The name of one shard's queue. The braces make each queue's keys one Redis Cluster hash slot,
@@ -56,21 +59,29 @@ export function newBatchJobId(): string {
   return `batch~${randomUUID()}`;
 }
 
+/** Finished jobs kept for inspection (Bull Board), per shard and per outcome: the newest. */
+const KEPT_FINISHED_JOBS = 1000;
+
 /**
  * Options of every job. BullMQ's `attempts` and backoff retry a job whose Redis writes failed;
- * an operation's own attempts are counted on the operation, whatever job carries it. The
- * operation record is the durable result, so a completed job is removed at once; jobs fail in
- * BullMQ only when Redis kept failing them (the reconciler repairs those), and the last ones are
- * kept for inspection.
+ * an operation's own attempts are counted on the operation, whatever job carries it. Jobs fail in
+ * BullMQ only when Redis kept failing them (the reconciler repairs those); the last ones are kept.
+ *
+ * Completed batch jobs are kept too, so a dashboard shows the work that was done, not an empty
+ * queue: their ids are unique, so a kept one is only memory (bounded). A completed own job is
+ * removed at once: its id is the operation's (jobIdOf), and BullMQ ignores an add whose id is
+ * taken, so a kept one would swallow the operation's next own job (a retry its batch hands over,
+ * a reconciler repair) and leave the operation with no job until a sweep noticed. A failed own
+ * job keeps its id taken too, so the reconciler removes it before it enqueues.
  */
-function jobOptions(jobId: string, attempts: number, firstBackoffMs: number, delay = 0): JobsOptions {
+function jobOptions(jobId: string, attempts: number, firstBackoffMs: number, { delay = 0, keepCompleted = false } = {}): JobsOptions {
   return {
     jobId,
     attempts,
     delay,
     backoff: { type: 'exponential', delay: firstBackoffMs },
-    removeOnComplete: true,
-    removeOnFail: { count: 1000 },
+    removeOnComplete: keepCompleted ? { count: KEPT_FINISHED_JOBS } : true,
+    removeOnFail: { count: KEPT_FINISHED_JOBS },
   };
 }
 
@@ -103,19 +114,16 @@ export class OperationQueue {
     });
   }
 
-  /** The queue that holds this operation's own job. */
-  queueFor(ref: OperationRef): Queue<JobData> {
-    return this.queueOfJob(jobIdOf(ref));
-  }
-
-  /** The operation's own job, after `delayMs`. Idempotent while the job exists: BullMQ ignores an
-   *  add whose job id is taken. */
+  /** The operation's own job, after `delayMs`. Idempotent while the job is live: BullMQ ignores
+   *  an add whose job id is taken (a completed own job is gone; a failed one stays, see
+   *  jobOptions). */
   async enqueue(ref: OperationRef, delayMs = 0): Promise<void> {
     const { tenantId, connectionId, operationId } = ref;
-    await this.queueFor(ref).add(
-      JOB_NAME,
+    const jobId = jobIdOf(ref);
+    await this.queueOfJob(jobId).add(
+      OWN_JOB_NAME,
       { tenantId, connectionId, operationId },
-      jobOptions(jobIdOf(ref), this.policy.attempts, this.policy.backoffMs, delayMs),
+      jobOptions(jobId, this.policy.attempts, this.policy.backoffMs, { delay: delayMs }),
     );
   }
 
@@ -127,23 +135,32 @@ export class OperationQueue {
 
   /** One job for operations created together (`jobId` from newBatchJobId, recorded on them). */
   async enqueueBatch(jobId: string, batch: OperationRef[]): Promise<void> {
-    const queue = this.queues[shardOf(jobId, this.queues.length)]!;
-    await queue.add(BATCH_JOB_NAME, { batch }, jobOptions(jobId, this.policy.attempts, this.policy.backoffMs));
+    await this.queueOfJob(jobId).add(
+      batchJobName(batch.length),
+      { batch },
+      jobOptions(jobId, this.policy.attempts, this.policy.backoffMs, { keepCompleted: true }),
+    );
   }
 
-  /** BullMQ's state of a job ('unknown' when there is none). */
-  async stateOf(jobId: string): Promise<string> {
-    return this.queueOfJob(jobId).getJobState(jobId);
-  }
-
-  /** The queue that holds a job: an operation's own job or a batch job. */
+  /** The shard's queue that holds job `jobId` (an operation's own job is `jobIdOf(ref)`). */
   queueOfJob(jobId: string): Queue<JobData> {
     return this.queues[shardOf(jobId, this.queues.length)]!;
   }
 
-  /** BullMQ's state of this operation's job ('unknown' when there is none). */
-  async jobState(ref: OperationRef): Promise<string> {
-    return this.queueFor(ref).getJobState(jobIdOf(ref));
+  /** BullMQ's state of job `jobId`: 'unknown' when there is none. */
+  async stateOfJob(jobId: string): Promise<string> {
+    return this.queueOfJob(jobId).getJobState(jobId);
+  }
+
+  /** BullMQ's state of the operation's own job: 'unknown' when there is none. */
+  async stateOfOwnJob(ref: OperationRef): Promise<string> {
+    return this.stateOfJob(jobIdOf(ref));
+  }
+
+  /** Removes job `jobId`, so that its id can be added again; false when there was none, or a
+   *  worker holds it (a held job is left alone). */
+  async removeJob(jobId: string): Promise<boolean> {
+    return (await this.queueOfJob(jobId).remove(jobId)) === 1;
   }
 
   /** Jobs per state, summed over the shards. */

@@ -33,8 +33,8 @@ end
 `;
 
 /** Sorted-set writes of a whole batch go in a few variadic calls, not one per operation: a
- *  redis.call costs Redis more than the member it adds (INFO commandstats: the scripts' own
- *  overhead was larger than the commands they ran). Chunked to stay far below Lua's stack limit. */
+ *  redis.call costs Redis more than the member it adds. Chunked to stay far below Lua's stack
+ *  limit. */
 const MANY = `
 local function zadd_many(key, scores_and_members)
   for i = 1, #scores_and_members, 500 do
@@ -314,7 +314,7 @@ return 0
  * Why the cursor is the last scanned entry, not the last returned operation: when the budget is
  * spent on expired entries, the page is short (even empty), and only a cursor past those entries
  * lets the next page go on from where this one stopped instead of scanning them again. Ending the
- * listing there instead (hasMore 0) made live operations behind a long run of expired ones
+ * listing there instead (hasMore 0) would make live operations behind a long run of expired ones
  * unreachable.
  *
  * The cursor's own entry may be gone when the next page comes: this script removes it if its

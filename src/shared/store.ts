@@ -98,20 +98,21 @@ export class OperationStore {
 
   /**
    * Creates several operations of one connection in one atomic script, in order: an id taken
-   * before, or earlier in the same list, is `exists`. `jobId` names the batch job that will
-   * carry them, so the reconciler can tell whether that job still lives.
+   * before, or earlier in the same list, is `exists`. `batchJobId` names the batch job that will
+   * carry them ('' when each will have its own job), so the reconciler can tell whether that job
+   * still lives.
    */
   async createMany(
     connection: ConnectionRef,
     operationIds: string[],
-    jobId = '',
+    batchJobId = '',
   ): Promise<{ results: CreateResult[]; createdAt: number }> {
     const now = this.now();
     await this.register(connection, now);
     const reply = (await scripts.create.run(
       this.redis,
       [this.keys.index(connection), this.keys.statusIndex(connection, 'inprogress')],
-      [now, this.keys.operationPrefix(connection), this.indexTtlMs, jobId, ...operationIds],
+      [now, this.keys.operationPrefix(connection), this.indexTtlMs, batchJobId, ...operationIds],
     )) as number[];
     return { results: reply.map((created) => (created === 1 ? 'created' : 'exists')), createdAt: now };
   }

@@ -18,7 +18,7 @@ type ClaimItem = OperationRef & { jobId: string; holder: string };
 type OutcomeItem = OperationRef & Omit<AttemptOutcome, 'operationId'>;
 
 /** An attempt in flight. Its AbortController is made only when the processor reads `signal`:
- *  most processors never do, and one per attempt was a measurable share of the worker's CPU. */
+ *  most processors never do, and one per attempt costs CPU on every operation. */
 class Held implements HeldAttempt {
   private controller: AbortController | undefined;
   private abortReason: Error | undefined;

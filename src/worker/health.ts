@@ -7,9 +7,9 @@ import { scrapeAllowed, type Metrics } from '../shared/metrics.js';
 
 /**
  * Liveness that looks at consumption, not only at a PING: a worker can stay connected and
- * "running" while it has stopped taking jobs (bullmq issue #4585 did exactly that after a Redis
- * outage). The worker is stuck when jobs are waiting, it has free slots, and it has neither
- * started nor finished a job for `stuckAfterMs`.
+ * "running" while it has stopped taking jobs (bullmq issue #4585, after a Redis outage). The
+ * worker is stuck when jobs are waiting, it has free slots, and it has neither started nor
+ * finished a job for `stuckAfterMs`.
  */
 export class ConsumptionMonitor {
   private lastProgressAt: number;
@@ -41,15 +41,14 @@ export class ConsumptionMonitor {
     if (this.now() - this.lastProgressAt < this.stuckAfterMs) return true;
     if (this.full()) return true;
     try {
-      // Bounded: the worker's connection waits through outages, so an unbounded count hung
-      // /healthz for the whole outage (a probe timeout, counted as a failure: the worker was
-      // restarted for Redis's fault). Found by test/faults.test.ts.
+      // Bounded: the worker's connection waits through outages, and an unbounded count would
+      // hold /healthz for the whole outage (a probe timeout counts as a failure: the worker
+      // would be restarted for Redis's fault).
       return (await answerWithin(this.waitingJobs(), REDIS_ANSWER_TIMEOUT_MS)) === 0;
     } catch {
       // Redis is away, so the worker cannot consume: that time is not evidence against it. The
-      // clock restarts, and the worker gets a full stuckAfterMs once Redis is back (without
-      // this, the first probe after an outage answered 503 before the worker had had a chance
-      // to take the jobs that waited meanwhile; found by test/faults.test.ts).
+      // clock restarts, so once Redis is back the worker gets a full stuckAfterMs to take the
+      // jobs that waited meanwhile before a probe may call it stuck.
       this.lastProgressAt = this.now();
       return true;
     }
@@ -85,12 +84,13 @@ export interface HealthServerOptions {
 
 /** A worker process's /healthz (consuming?), /readyz (Redis answers) and /metrics. */
 export async function startHealthServer({ port, monitor, ready, metrics, metricsToken }: HealthServerOptions): Promise<Service & { port: number }> {
+  metrics.workerSeries(); // shown from the first scrape, before the first operation ends
   const app = new Hono();
   app.get('/healthz', async (c) =>
     (await monitor.isConsuming()) ? c.json({ status: 'ok' }) : c.json({ status: 'stuck: jobs are waiting and none was taken' }, 503),
   );
   // Bounded for the same reason: a PING on the worker's connection waits through an outage, and
-  // /readyz hung instead of answering 503 (found by test/faults.test.ts).
+  // /readyz must answer 503 then, not hang.
   const isReady = () => answerWithin(ready(), REDIS_ANSWER_TIMEOUT_MS).catch(() => false);
   app.get('/readyz', async (c) => ((await isReady()) ? c.json({ status: 'ready' }) : c.json({ status: 'Redis is not answering' }, 503)));
   app.get('/metrics', async (c) =>

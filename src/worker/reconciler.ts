@@ -173,16 +173,16 @@ export class Reconciler {
     const batchJobId = await store.batchJobOf(ref);
     if (batchJobId) {
       let state = batchStates.get(batchJobId);
-      if (!state) batchStates.set(batchJobId, (state = queue.stateOf(batchJobId)));
+      if (!state) batchStates.set(batchJobId, (state = queue.stateOfJob(batchJobId)));
       if (isLive(await state)) return false;
       await store.handToOwnJob(ref, batchJobId);
     }
-    const jobId = jobIdOf(ref);
-    const bull = queue.queueFor(ref);
-    const state = await bull.getJobState(jobId);
+    const ownJobId = jobIdOf(ref);
+    const state = await queue.stateOfJob(ownJobId);
     if (isLive(state)) return false;
-    // A failed or completed own job keeps its id taken; it goes before a new one is added.
-    if (state !== 'unknown') await (await bull.getJob(jobId))?.remove();
+    // A failed own job keeps its id taken (so would a completed one, were it kept; see jobOptions
+    // in shared/queue.ts), and BullMQ would ignore the new one: it goes first.
+    if (state !== 'unknown') await queue.removeJob(ownJobId);
     // Re-check: the operation may have finished while we looked at its jobs.
     const operation = await store.get(ref);
     if (operation?.status !== 'inprogress') return false;

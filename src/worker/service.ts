@@ -1,10 +1,9 @@
 import type { Config } from '../shared/config.js';
 import type { Service } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
-import { OperationQueue } from '../shared/queue.js';
 import type { Metrics } from '../shared/metrics.js';
 import { createRedis, waitUntilReady, warnUnlessNoEviction } from '../shared/redis.js';
-import { OperationStore } from '../shared/store.js';
+import { operationsFor } from '../shared/wiring.js';
 import { ConsumptionMonitor, startHealthServer } from './health.js';
 import type { Processor } from './processor.js';
 import { completeEverything } from './processors/builtin.js';
@@ -39,17 +38,7 @@ export async function startWorker(config: Config, log: Logger, metrics: Metrics)
   await waitUntilReady(redis);
   await warnUnlessNoEviction(redis, log);
 
-  const store = new OperationStore(redis, {
-    prefix: config.REDIS_PREFIX,
-    retentionMs: config.OPERATION_RETENTION_SECONDS * 1000,
-  });
-  const queue = new OperationQueue(
-    redis,
-    config.REDIS_PREFIX,
-    { attempts: config.OPERATION_ATTEMPTS, backoffMs: config.OPERATION_BACKOFF_MS },
-    log,
-    config.QUEUE_SHARDS,
-  );
+  const { store, queue } = operationsFor(config, redis, log);
   const worker = createWorker({ connection: redis, store, queue, processor, config, log, metrics });
   const reconciler = new Reconciler({
     store,

@@ -7,9 +7,10 @@ interface Group<Item, Result> {
 
 /**
  * Writes submitted in one event-loop tick for one connection become one call of `write` (one
- * script, one cluster slot; `first` is the group's first item, whose connection they share): a batch's claims, or the outcomes of attempts that end together,
- * cost one round trip. No submission waits for another's write, or for a later tick: what ends
- * alone is written alone, at once.
+ * script, one cluster slot; `first` is the group's first item, whose connection they share):
+ * a batch's claims, or the outcomes of attempts that end together, cost one round trip. No
+ * submission waits for another's write, or for a later tick: what ends alone is written alone,
+ * at once.
  */
 export class TickWriter<Item extends ConnectionRef, Result> {
   private pending = new Map<string, Group<Item, Result>>();

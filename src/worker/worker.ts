@@ -71,7 +71,8 @@ export interface OperationWorker {
  * waits in the queue (taking fewer jobs would leave slots idle beside a slow operation; switching
  * BullMQ's concurrency at run time does not wake its fetch loop).
  */
-export function createWorker({ connection, store, queue, processor, config, log, metrics }: WorkerDeps): OperationWorker {
+export function createWorker({ connection, store, queue, processor, config, log, metrics: processMetrics }: WorkerDeps): OperationWorker {
+  const metrics = processMetrics?.workerSeries();
   const slots = new Semaphore(config.WORKER_CONCURRENCY);
   const attempts = new Attempts(
     store,
@@ -104,9 +105,8 @@ export function createWorker({ connection, store, queue, processor, config, log,
       return { status: 'completed' };
     } catch (error) {
       // Aborted by this worker's own shutdown (SHUTDOWN_TIMEOUT_MS passed): the processor did not
-      // fail, we stopped waiting for it. Treating this as a processing failure recorded the
-      // operation `failed` ("processorUnreachable") when it was on its last attempt, and spent an
-      // attempt otherwise (found by test/e2e.processes.test.ts). The attempt is given back.
+      // fail, we stopped waiting for it. So the attempt is given back, not counted as a failure
+      // (which would spend an attempt, or fail the operation on its last one).
       if (aborted && held.signal.aborted) return { interrupted: error };
       const permanent = permanentFailureOf(error);
       if (permanent) return { status: 'failed', error: permanent };

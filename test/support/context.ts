@@ -7,9 +7,8 @@ import { CreateBatcher } from '../../src/api/create-batcher.js';
 import { jwtAuthenticator } from '../../src/api/jwt-auth.js';
 import { rateLimitPerTenant } from '../../src/api/rate-limit.js';
 import { loadConfig, type Config } from '../../src/shared/config.js';
-import { OperationQueue } from '../../src/shared/queue.js';
 import { createRedis, waitUntilReady, type RedisClient } from '../../src/shared/redis.js';
-import { OperationStore } from '../../src/shared/store.js';
+import { operationsFor } from '../../src/shared/wiring.js';
 
 export const TEST_SECRET = 'test-secret-that-is-long-enough-for-hs256';
 export const TENANT = '11111111-1111-4111-8111-111111111111';
@@ -60,8 +59,7 @@ export async function createApiContext(overrides: Record<string, string> = {}) {
 export async function createApiContextFor(config: Config) {
   const redis = createRedis({ url: config.REDIS_URL, role: 'producer', commandTimeoutMs: 2000 });
   await waitUntilReady(redis);
-  const store = new OperationStore(redis, { prefix: config.REDIS_PREFIX, retentionMs: config.OPERATION_RETENTION_SECONDS * 1000 });
-  const queue = new OperationQueue(redis, config.REDIS_PREFIX, { attempts: config.OPERATION_ATTEMPTS, backoffMs: config.OPERATION_BACKOFF_MS }, silentLog);
+  const { store, queue } = operationsFor(config, redis, silentLog);
   const app = createApp({
     store,
     creates: new CreateBatcher(store, queue, silentLog),

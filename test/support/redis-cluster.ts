@@ -3,7 +3,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
-import { freePort, waitForPing } from './redis-server.js';
+import { freePort } from '../../scripts/lib/free-port.js';
+import { waitForPing } from '../../scripts/lib/redis-server.js';
 
 /**
  * A real Redis Cluster of three masters (no replicas) on free loopback ports, each node a

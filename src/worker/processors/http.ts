@@ -24,9 +24,9 @@ const graphErrorSchema = z.object({
  * 2xx: completed. 4xx (but 408/429): failed at once, with the errorDetail from the body.
  * 408, 429, 5xx, timeouts and network errors: retried.
  *
- * Sent with undici's `request` over a keep-alive pool, not `fetch`: fetch cost the worker about
- * 900 µs of CPU per call against a local processor and request about 340 (the WHATWG Request,
- * Response and stream objects), and the HTTP call is most of an operation's work.
+ * Sent with undici's `request` over a keep-alive pool, not `fetch`: fetch's WHATWG Request,
+ * Response and stream objects cost several times the CPU per call, and the HTTP call is most of
+ * an operation's work.
  * `timeoutMs` bounds the whole attempt: connecting, the answer and its body.
  */
 export function httpProcessor({ url, secret, timeoutMs }: HttpProcessorOptions): Processor {

@@ -4,25 +4,30 @@ import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { loadConfig } from '../../src/shared/config.js';
-import { OperationQueue, newBatchJobId } from '../../src/shared/queue.js';
-import { OperationStore } from '../../src/shared/store.js';
+import { newBatchJobId } from '../../src/shared/queue.js';
+import { operationsFor } from '../../src/shared/wiring.js';
 import { processCpuMicros, processRssBytes, sleep, type Harness } from '../lib/harness.js';
 import { TENANT_ID } from '../lib/load.js';
 import { leastDisturbed } from '../lib/retry.js';
+import { intFlag, intListFlag, parseFlags, runSession } from '../lib/session.js';
 import { cleanMedian, fmt, rotate } from '../lib/stats.js';
 import { SERVICE_PREFIX, serviceKeys, startSystem, type BenchContext } from '../lib/systems.js';
 
 /**
- * Scenario: worker concurrency. How many operations per second one worker process drains at each
- * WORKER_CONCURRENCY, against an HTTP processor that answers 204 after a fixed delay (a stand-in
- * for a real backend, served by the bench process itself), so that the default is the point
- * where throughput stops growing rather than a guess. For each value: a flushed Redis is filled
- * with N operations the way the API creates them (createMany + one batch job per 25, one
- * connection), then only the worker is started, and the time from its being ready until every
- * operation is terminal is measured, with the worker's CPU per operation and its RSS at the end.
- * The knee is the smallest concurrency within 90% of the best throughput.
+ * An investigation tool, not a target: how WORKER_CONCURRENCY's default was chosen.
+ *   npx tsx bench/tools/concurrency.ts [--list 10,25,50,100,200] [--processor-ms 20] [--ops 5000]
+ *                                      [--rounds 1] [session flags, --help]
+ * How many operations per second one worker process drains at each WORKER_CONCURRENCY, against
+ * an HTTP processor that answers 204 after a fixed delay (a stand-in for a real backend, served
+ * by the bench process itself), so that the default is the point where throughput stops growing
+ * rather than a guess. For each value: a flushed Redis is filled with N operations the way the
+ * API creates them (createMany + one batch job per 25, one connection), then only the worker is
+ * started, and the time from its being ready until every operation is terminal is measured, with
+ * the worker's CPU per operation and its RSS at the end. The knee is the smallest concurrency
+ * within 90% of the best throughput. Any failed operation aborts it. The report goes to
+ * bench/results/concurrency.txt and .json.
  */
-export interface ConcurrencyOptions {
+interface ConcurrencyOptions {
   rounds: number;
   /** WORKER_CONCURRENCY values, ascending. */
   concurrencies: number[];
@@ -31,7 +36,7 @@ export interface ConcurrencyOptions {
   processorMs: number;
 }
 
-export interface ConcurrencyRun {
+interface ConcurrencyRun {
   concurrency: number;
   round: number;
   /** Operations the worker finished between its readiness and the last one (it starts
@@ -46,7 +51,7 @@ export interface ConcurrencyRun {
   otherLoadPct: number;
 }
 
-export interface ConcurrencyPoint {
+interface ConcurrencyPoint {
   concurrency: number;
   /** Medians over the undisturbed rounds (all rounds when none was). */
   opsPerS: number;
@@ -55,7 +60,7 @@ export interface ConcurrencyPoint {
   clean: string;
 }
 
-export interface ConcurrencyOutcome {
+interface ConcurrencyOutcome {
   ops: number;
   processorMs: number;
   rounds: number;
@@ -71,7 +76,7 @@ const CONNECTION_ID = 'concconn';
 const KNEE_SHARE = 0.9;
 const POLL_MS = 20;
 
-export async function concurrencyScenario(ctx: BenchContext, options: ConcurrencyOptions): Promise<ConcurrencyOutcome> {
+async function concurrencyScenario(ctx: BenchContext, options: ConcurrencyOptions): Promise<ConcurrencyOutcome> {
   const processor = await startProcessor(ctx.harness, options.processorMs);
   try {
     const runs: ConcurrencyRun[] = [];
@@ -139,15 +144,8 @@ async function startProcessor(harness: Harness, delayMs: number): Promise<Proces
 
 /** Creates `ops` inprogress operations in one connection and their batch jobs, as the API does. */
 async function preload(ctx: BenchContext, ops: number): Promise<void> {
-  const config = loadConfig({});
   const client = new Redis(ctx.redisUrl, { maxRetriesPerRequest: null });
-  const store = new OperationStore(client, { prefix: SERVICE_PREFIX, retentionMs: config.OPERATION_RETENTION_SECONDS * 1000 });
-  const queue = new OperationQueue(
-    client,
-    SERVICE_PREFIX,
-    { attempts: config.OPERATION_ATTEMPTS, backoffMs: config.OPERATION_BACKOFF_MS },
-    pino({ level: 'silent' }),
-  );
+  const { store, queue } = operationsFor(loadConfig({ REDIS_PREFIX: SERVICE_PREFIX }), client, pino({ level: 'silent' }));
   const connection = { tenantId: TENANT_ID, connectionId: CONNECTION_ID };
   try {
     for (let created = 0; created < ops; created += BATCH_SIZE) {
@@ -263,3 +261,28 @@ function table(points: readonly ConcurrencyPoint[], knee: number, options: Concu
     `  knee (≥ ${KNEE_SHARE * 100}% of the best ops/s): WORKER_CONCURRENCY=${knee}`,
   ].join('\n');
 }
+
+const USAGE = `npx tsx bench/tools/concurrency.ts [flags]
+  --list L             WORKER_CONCURRENCY values to sweep (default 10,25,50,100,200)
+  --processor-ms N     delay of the stand-in HTTP processor, ms (default 20)
+  --ops N              operations per point (default 5000)
+  --rounds N           sweeps; with more than one, medians per point (default 1)`;
+const values = parseFlags(
+  { list: { type: 'string', default: '10,25,50,100,200' }, 'processor-ms': { type: 'string' }, ops: { type: 'string' }, rounds: { type: 'string' } },
+  USAGE,
+);
+const options: ConcurrencyOptions = {
+  rounds: intFlag('rounds', values.rounds, 1),
+  concurrencies: intListFlag('list', values.list),
+  ops: intFlag('ops', values.ops, 5_000),
+  processorMs: intFlag('processor-ms', values['processor-ms'], 20),
+};
+runSession(values, { results: 'concurrency', defaultRetries: 2 }, async (ctx) => {
+  ctx.log(
+    `\n== worker concurrency: WORKER_CONCURRENCY ${options.concurrencies.join(',')}, ${fmt(options.ops)} preloaded ops each,` +
+      ` ${options.processorMs} ms HTTP processor ==`,
+  );
+  const { text, ...concurrency } = await concurrencyScenario(ctx, options);
+  ctx.log(text);
+  return { options, concurrency };
+});

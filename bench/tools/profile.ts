@@ -1,35 +1,39 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Redis } from 'ioredis';
-import { formatProfileSummary, summarizeCpuProfile, type CpuProfile, type ProfileSummary } from '../cpuprofile-summary.js';
 import { driveToTerminal, type CpuPerOp } from '../lib/drive.js';
-import { fmt } from '../lib/stats.js';
 import type { Child } from '../lib/harness.js';
+import { intFlag, parseFlags, RESULTS_DIR, runSession } from '../lib/session.js';
+import { fmt } from '../lib/stats.js';
 import { startSystem, type BenchContext, type TargetKind } from '../lib/systems.js';
+import { formatProfileSummary, summarizeCpuProfile, type CpuProfile, type ProfileSummary } from './cpuprofile-summary.js';
 
 /**
- * Where the time goes: N operations end to end (POST at concurrency 64 until all terminal) with
- * the service API and worker under `node --cpu-prof`, then
+ * An investigation tool, not a target: where the time goes.
+ *   npx tsx bench/tools/profile.ts [--ops N] [--concurrency N] [session flags, --help]
+ * N operations end to end (POST at concurrency 64 until all terminal) with the service API and
+ * worker under `node --cpu-prof`, then
  *  - Redis INFO commandstats per operation (calls and µs per op for every command and script;
  *    commands run inside a script count both under their own name and in the script's µs),
  *  - Redis, API and worker CPU µs per operation (from INFO cpu and /proc),
  *  - self and inclusive time by package and function from both .cpuprofile files.
- * The naive baseline runs the same load (without profiling) for its commandstats.
+ * The naive baseline runs the same load (without profiling) for its commandstats. The profiles
+ * land in bench/results/profiles/, the report in bench/results/profile.txt and .json.
  */
-export interface ProfileOptions {
+interface ProfileOptions {
   ops: number;
   concurrency: number;
   outDir: string;
 }
 
-export interface CommandCost {
+interface CommandCost {
   command: string;
   callsPerOp: number;
   usecPerOp: number;
   usecPerCall: number;
 }
 
-export interface RedisCost {
+interface RedisCost {
   ops: number;
   opsPerS: number;
   /** Redis process CPU (INFO used_cpu_user + used_cpu_sys) per op, µs. */
@@ -41,7 +45,7 @@ export interface RedisCost {
   window: { api?: [number, number]; worker?: [number, number] };
 }
 
-export interface ProfileOutcome {
+interface ProfileOutcome {
   service: RedisCost;
   naive: RedisCost;
   api?: ProfileSummary;
@@ -107,7 +111,7 @@ async function measure(ctx: BenchContext, kind: TargetKind, options: ProfileOpti
   }
 }
 
-export async function profileScenario(ctx: BenchContext, options: ProfileOptions): Promise<ProfileOutcome> {
+async function profileScenario(ctx: BenchContext, options: ProfileOptions): Promise<ProfileOutcome> {
   const profileDir = join(options.outDir, 'profiles');
   mkdirSync(profileDir, { recursive: true });
   const names = ['service-api', 'service-worker', 'naive-api', 'naive-worker'];
@@ -167,3 +171,15 @@ export async function profileScenario(ctx: BenchContext, options: ProfileOptions
     text,
   };
 }
+
+const USAGE = `npx tsx bench/tools/profile.ts [flags]
+  --ops N              operations profiled (default 20000)
+  --concurrency N      HTTP connections (default 64)`;
+const values = parseFlags({ ops: { type: 'string' }, concurrency: { type: 'string' } }, USAGE);
+const options = { ops: intFlag('ops', values.ops, 20_000), concurrency: intFlag('concurrency', values.concurrency, 64), outDir: RESULTS_DIR };
+runSession(values, { results: 'profile', defaultRetries: 2 }, async (ctx) => {
+  ctx.log(`\n== profile: ${fmt(options.ops)} operations at c=${options.concurrency} ==`);
+  const { text, ...profile } = await profileScenario(ctx, options);
+  ctx.log(text);
+  return { options, profile };
+});

@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
  * Aggregates a V8 .cpuprofile (from `node --cpu-prof`): self time by function and by package,
  * and inclusive time by package (a sample counts once for every package on its stack), as
  * percentages of the busy (non-idle) time.
- *   tsx bench/cpuprofile-summary.ts dist-api.cpuprofile [--top 30]
+ *   npx tsx bench/tools/cpuprofile-summary.ts dist-api.cpuprofile [--top 30]
  */
 
 interface CallFrame {
@@ -43,7 +43,7 @@ export interface ProfileSummary {
   inclusiveByFunction: Entry[];
 }
 
-const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
+const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 /** Which package (or part of this repo, or of node) a function belongs to. */
 export function packageOf(frame: CallFrame): string {
