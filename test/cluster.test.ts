@@ -16,7 +16,8 @@ import {
   killWhenHolding,
   seenMoreThanOnce,
 } from './support/load.js';
-import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv, type ServiceProcess } from './support/processes.js';
+import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv, type RunningProcess } from './support/processes.js';
+import { pollUntil } from './support/wait.js';
 import { startProcessorServer, type ProcessorServer } from './support/processor-server.js';
 import { startRedisCluster, type RedisCluster } from './support/redis-cluster.js';
 import { freePort } from './support/redis-server.js';
@@ -201,8 +202,8 @@ describe('the service processes on the cluster with six queue shards', () => {
     testServiceEnv(prefix, { QUEUE_SHARDS: String(SHARDS), ...fastRecoveryEnv, WORKER_CONCURRENCY: String(WORKER_CONCURRENCY) }),
   );
   let baseUrl: string;
-  let api: ServiceProcess;
-  let workers: ServiceProcess[];
+  let api: RunningProcess;
+  let workers: RunningProcess[];
   let store: OperationStore;
   let queue: OperationQueue;
 

@@ -5,10 +5,10 @@ import { jwtVerify } from 'jose';
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import { redisAnswers } from '../scripts/redis-answers.js';
 import { uniquePrefix } from './support/context.js';
-import { processExists, RunningProcess } from './support/child-process.js';
+import { processExists, RunningProcess, serviceEnv } from './support/processes.js';
 import { REPO_ROOT } from './support/deployment.js';
-import { pollUntil, serviceEnv } from './support/processes.js';
 import { freePort } from './support/redis-server.js';
+import { pollUntil } from './support/wait.js';
 
 /**
  * `npm run dev` (scripts/dev.ts) as a newcomer meets it: a real run with its own children

@@ -5,11 +5,11 @@ import { basename, dirname, join, posix } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { signToken, TEST_SECRET, uniquePrefix } from './support/context.js';
-import { RunningProcess, type ExitInfo } from './support/child-process.js';
+import { RunningProcess, serviceEnv, type ExitInfo } from './support/processes.js';
 import { composeService, loadCompose, loadDockerfile, REPO_ROOT } from './support/deployment.js';
 import { envOf, execForm, healthcheckOf, instructionsOf, type Stage } from './support/dockerfile.js';
-import { pollUntil, serviceEnv } from './support/processes.js';
 import { freePort } from './support/redis-server.js';
+import { pollUntil } from './support/wait.js';
 
 /**
  * The image, built without Docker: each stage of the Dockerfile is performed in a directory of

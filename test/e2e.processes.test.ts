@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ConnectionRef } from '../src/shared/keys.js';
 import type { OperationRef } from '../src/shared/operation.js';
@@ -6,7 +9,8 @@ import { createRedis, waitUntilReady, type RedisClient } from '../src/shared/red
 import { OperationStore } from '../src/shared/store.js';
 import { signToken, silentLog, TENANT, uniquePrefix } from './support/context.js';
 import { killWhenHolding } from './support/load.js';
-import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv, type ServiceProcess } from './support/processes.js';
+import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv, type RunningProcess } from './support/processes.js';
+import { pollUntil } from './support/wait.js';
 import { startProcessorServer, type ProcessorServer } from './support/processor-server.js';
 import { freePort, startRedisServer, type RedisServer } from './support/redis-server.js';
 
@@ -143,7 +147,7 @@ async function storedOperationIds(): Promise<string[]> {
 }
 
 /** How many `operation finished` lines the workers logged per operation id. */
-function finishLogCounts(workers: ServiceProcess[]): Map<string, number> {
+function finishLogCounts(workers: RunningProcess[]): Map<string, number> {
   const counts = new Map<string, number>();
   for (const worker of workers) {
     for (const line of worker.logs) {
@@ -202,7 +206,8 @@ describe('service processes under crashes', () => {
     const seen = processor.timesSeen();
     for (const id of unfinishedAtKill) expect(seen.get(id), `${id} was in flight on worker-1 when it died`).toBeGreaterThanOrEqual(2);
     for (const id of acknowledged) expect(seen.get(id) ?? 0, `processor calls for ${id}`).toBeGreaterThanOrEqual(1);
-    // (pino writes asynchronously: wait until worker-2 logged the operations it took over.)
+    // (Log lines reach stdout 4 KiB at a time or every 200 ms, src/shared/logger.ts: wait until
+    // worker-2's lines for the operations it took over are in.)
     await pollUntil(() => [...unfinishedAtKill].every((id) => finishLogCounts([survivor]).has(id)), {
       timeoutMs: 5000,
       what: "worker-2's log lines for the operations it took over",
@@ -399,5 +404,36 @@ describe('service processes under crashes', () => {
     expect(processor.calls.filter((call) => call.worker === 'worker-2').map((call) => call.attempt)).toEqual(acknowledged.map(() => 1));
     expect((await queue.counts('active')).active).toBe(0);
     console.log(`[e2e worker SIGTERM past the timeout] exit 0 after ${shutdownMs} ms (timeout 500 ms); ${acknowledged.length} interrupted operations completed by a new worker`);
+  });
+});
+
+describe('a worker process started from the build', () => {
+  it('loads a TypeScript PROCESSOR_MODULE (through tsx, a production dependency) and records what it decides', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cops-e2e-module-'));
+    try {
+      // Type annotations: plain node cannot load this, the worker must go through tsx.
+      const module = join(dir, 'processor.ts');
+      writeFileSync(
+        module,
+        `interface Input { operation: { id: string } }
+export default async function processOperation(input: Input): Promise<void> {
+  if (input.operation.id.startsWith('refuse')) {
+    const errorDetail: { errorCode: string; message: string } = { errorCode: 'refusedByModule', message: 'a TypeScript module said no' };
+    throw Object.assign(new Error(errorDetail.message), { errorDetail });
+  }
+}
+`,
+      );
+      await group.startWorker('worker-ts', { PROCESSOR_MODULE: module });
+      for (const id of ['accept-1', 'refuse-1']) {
+        expect((await store.create(refOf(id))).result).toBe('created');
+        await queue.enqueue(refOf(id));
+      }
+      await waitUntilNothingInprogress('the TypeScript processor to decide both operations');
+      expect(await store.get(refOf('accept-1'))).toMatchObject({ status: 'completed' });
+      expect(await store.get(refOf('refuse-1'))).toMatchObject({ status: 'failed', error: { errorCode: 'refusedByModule', message: 'a TypeScript module said no' } });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

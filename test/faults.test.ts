@@ -9,7 +9,8 @@ import { createRedis, waitUntilReady, type RedisClient } from '../src/shared/red
 import { OperationStore } from '../src/shared/store.js';
 import { signToken, silentLog, TENANT, TEST_SECRET, uniquePrefix } from './support/context.js';
 import { CreateLoad, maxLatency, Prober, within, type RequestRecord } from './support/fault-load.js';
-import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, serviceEnv, testServiceEnv, type ServiceProcess } from './support/processes.js';
+import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, ProcessGroup, SERVICE_RETENTION_MS, serviceEnv, testServiceEnv, type RunningProcess } from './support/processes.js';
+import { pollUntil } from './support/wait.js';
 import { freePort, startRedisServer, type RedisServer } from './support/redis-server.js';
 
 /**
@@ -89,9 +90,9 @@ interface Deployment {
   store: OperationStore;
   queue: OperationQueue;
   prefix: string;
-  api?: ServiceProcess;
+  api?: RunningProcess;
   baseUrl: string;
-  workers: ServiceProcess[];
+  workers: RunningProcess[];
   /** `http://127.0.0.1:<WORKER_HEALTH_PORT>` of each worker. */
   workerHealth: string[];
 }
@@ -146,7 +147,7 @@ async function deploy({
     prefix,
     ...(apiProcess ? { api: apiProcess } : {}),
     baseUrl: `http://127.0.0.1:${apiPort}`,
-    workers: workerProcesses as ServiceProcess[],
+    workers: workerProcesses as RunningProcess[],
     workerHealth: healthPorts.map((port) => `http://127.0.0.1:${port}`),
   };
 }
@@ -214,7 +215,7 @@ function describeRecords(records: readonly RequestRecord[]): string {
   return JSON.stringify(records.slice(0, 5));
 }
 
-function maxmemoryWarnings(service: ServiceProcess): string[] {
+function maxmemoryWarnings(service: RunningProcess): string[] {
   return service.logs.filter((line) => line.level === 40 && MAXMEMORY_WARNING.test(String(line.msg))).map((line) => String(line.msg));
 }
 

@@ -5,7 +5,8 @@ import { createRedis, waitUntilReady, type RedisClient } from '../src/shared/red
 import { OperationStore } from '../src/shared/store.js';
 import { signToken, silentLog, TENANT, uniquePrefix } from './support/context.js';
 import { callsPerWorker, createBodies, createOperation, finishLogCounts, seenMoreThanOnce } from './support/load.js';
-import { mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv } from './support/processes.js';
+import { mapWithConcurrency, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv } from './support/processes.js';
+import { pollUntil } from './support/wait.js';
 import { startProcessorServer, type ProcessorServer } from './support/processor-server.js';
 import { freePort, startRedisServer, type RedisServer } from './support/redis-server.js';
 

@@ -4,6 +4,7 @@ import { inject } from 'vitest';
 import { createRedis, waitUntilReady, type RedisClient } from '../src/shared/redis.js';
 import { OperationStore, type ListCursor } from '../src/shared/store.js';
 import { deleteKeys, uniquePrefix } from './support/context.js';
+import { pollUntil, sleep } from './support/wait.js';
 
 const connection = { tenantId: 'tenant-a', connectionId: 'conn1' };
 const ref = (operationId: string) => ({ ...connection, operationId });
@@ -108,9 +109,7 @@ describe('OperationStore.finish', () => {
     await store.finish(ref('done'), 'completed');
     expect(await redis.pttl(store.keys.operation(ref('done')))).toBeGreaterThan(0);
     expect(await redis.pttl(store.keys.operation(ref('busy')))).toBe(-1);
-    const deadline = Date.now() + 5000;
-    while ((await store.get(ref('done'))) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    expect(await store.get(ref('done'))).toBeUndefined();
+    await pollUntil(async () => (await store.get(ref('done'))) === undefined, { timeoutMs: 5000, what: 'the terminal operation to expire' });
     expect(await store.get(ref('busy'))).toMatchObject({ status: 'inprogress' });
   });
 });
@@ -123,7 +122,6 @@ describe('OperationStore.claim', () => {
   });
   const claim = (operationId: string, holder: string, { jobId = '', leaseMs = 60_000, attempts = 3 } = {}) =>
     store.claim(connection, jobId, [{ operationId, holder }], rules(leaseMs, attempts)).then((results) => results[0]);
-  const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
   it('gives an attempt to one holder at a time and counts attempts on the operation', async () => {
     await store.create(ref('x'));
@@ -281,11 +279,11 @@ describe('OperationStore.list never ends early', () => {
     expect(new Set(await newStore(1).finishMany(conn, ids.map((operationId) => ({ operationId, status: 'completed' }))))).toEqual(
       new Set(['finished']),
     );
-    const deadline = Date.now() + 5000;
-    while ((await Promise.all(ids.map((operationId) => store.get({ ...conn, operationId })))).some((op) => op !== undefined)) {
-      if (Date.now() > deadline) throw new Error('operations did not expire');
-      await new Promise((resolve) => setTimeout(resolve, 2));
-    }
+    await pollUntil(async () => (await Promise.all(ids.map((operationId) => store.get({ ...conn, operationId })))).every((op) => op === undefined), {
+      timeoutMs: 5000,
+      intervalMs: 2,
+      what: 'the operations to expire',
+    });
   }
 
   /** Follows next cursors to the end; `between` runs before every page but the first. */

@@ -15,6 +15,7 @@ import { httpProcessor } from '../src/worker/processors/http.js';
 import { loadModuleProcessor } from '../src/worker/processors/module.js';
 import { createWorker, type OperationWorker } from '../src/worker/worker.js';
 import { deleteKeys, silentLog, testConfig } from './support/context.js';
+import { pollUntil } from './support/wait.js';
 
 type Handler = (body: Record<string, unknown>, req: IncomingMessage, res: ServerResponse) => void;
 
@@ -81,13 +82,14 @@ async function submit(operationId: string) {
 }
 
 async function terminal(operationId: string, timeoutMs = 10_000): Promise<Operation> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const operation = await store.get({ tenantId: TENANT, connectionId: 'conn1', operationId });
-    if (operation && operation.status !== 'inprogress') return operation;
-    if (Date.now() > deadline) throw new Error(`operation ${operationId} still ${operation?.status} after ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
+  const ref = { tenantId: TENANT, connectionId: 'conn1', operationId };
+  return pollUntil(
+    async () => {
+      const operation = await store.get(ref);
+      return operation && operation.status !== 'inprogress' ? operation : undefined;
+    },
+    { timeoutMs, intervalMs: 20, what: `operation ${operationId} to finish`, context: async () => `status: ${(await store.get(ref))?.status}` },
+  );
 }
 
 describe('the HTTP processor', () => {

@@ -1,13 +1,13 @@
 import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 import { z } from 'zod';
 import { parseDockerfile, type Dockerfile } from './dockerfile.js';
+import { REPO_ROOT } from './service-build.js';
 
 /** The repo's deployment files, parsed: docker-compose.yml (the parts the tests read) and the
  *  Dockerfile. Parsing with a schema means a reshaped file fails loudly, not silently unchecked. */
 
-export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
+export { REPO_ROOT };
 
 export function readRepoFile(path: string): string {
   return readFileSync(`${REPO_ROOT}${path}`, 'utf8');

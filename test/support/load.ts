@@ -1,4 +1,5 @@
-import { pollUntil, type ServiceProcess } from './processes.js';
+import { type RunningProcess } from './processes.js';
+import { pollUntil } from './wait.js';
 import type { ProcessorCall, ProcessorServer } from './processor-server.js';
 
 /**
@@ -56,7 +57,7 @@ export async function getStatus(baseUrl: string, token: string, connectionId: st
 }
 
 /** How many `operation finished` lines the workers logged per operation (connection/id). */
-export function finishLogCounts(workers: readonly ServiceProcess[]): Map<string, number> {
+export function finishLogCounts(workers: readonly RunningProcess[]): Map<string, number> {
   const counts = new Map<string, number>();
   for (const worker of workers) {
     for (const line of worker.logs) {
@@ -96,7 +97,7 @@ export interface KillMidLoad {
  */
 export function killWhenHolding(
   processor: ProcessorServer,
-  victim: ServiceProcess,
+  victim: RunningProcess,
   { afterCalls, lateAfterCalls }: { afterCalls: number; lateAfterCalls: number },
 ): { waitForKill(timeoutMs: number): Promise<KillMidLoad> } {
   let kill: KillMidLoad | undefined;
