@@ -207,21 +207,30 @@ describe('OperationStore.claim', () => {
 });
 
 describe('OperationStore.list', () => {
-  it('pages newest first, with ties in creation time kept in a stable order', async () => {
-    for (let i = 0; i < 10; i++) {
-      if (i % 3 === 0) clock += 1; // several operations share one millisecond
-      await store.create(ref(`op${i}`));
+  it('pages newest first, with ties in creation time kept in one order (id, bytes descending) whatever the page size', async () => {
+    // Three operations per millisecond, created in an order that is not their ids' order.
+    const byMillisecond = [
+      ['m', 'b', 'x'],
+      ['K', 'k', 'a'],
+      ['z', '0', 'Q'],
+    ];
+    for (const ids of byMillisecond) {
+      clock += 1;
+      for (const id of ids) await store.create(ref(id));
     }
-    const seen: string[] = [];
-    let cursor;
-    do {
-      const page = await store.list(connection, { top: 3, cursor });
-      seen.push(...page.operations.map((op) => op.id));
-      cursor = page.next;
-    } while (cursor);
-    expect(new Set(seen).size).toBe(10);
-    expect(seen.slice(0, 1)).toEqual(['op9']);
-    expect(seen.at(-1)).toBe('op0');
+    // Newest millisecond first; inside one, ids bytes descending (lowercase after uppercase,
+    // digits before both).
+    const expected = ['z', 'Q', '0', 'k', 'a', 'K', 'x', 'm', 'b'];
+    for (const top of [1, 2, 3, 4, 9, 10]) {
+      const seen: string[] = [];
+      let cursor: ListCursor | undefined;
+      do {
+        const page = await store.list(connection, { top, ...(cursor ? { cursor } : {}) });
+        seen.push(...page.operations.map((op) => op.id));
+        cursor = page.next;
+      } while (cursor && seen.length <= expected.length);
+      expect(seen, `pages of ${top}`).toEqual(expected);
+    }
   });
 
   it('skips and prunes index entries of expired operations', async () => {

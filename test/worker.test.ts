@@ -248,15 +248,35 @@ describe('the worker', () => {
   });
 
 
-  it('never hands a terminal operation to the processor', async () => {
-    const seen: string[] = [];
-    const ref = await submit('already-done');
-    await store.finish(ref, 'completed');
-    await queue.enqueue({ ...ref, operationId: 'already-done' });
+  it('never hands a terminal operation to the processor, completed or failed, carried by its own job or a batch job', async () => {
+    const connection = { tenantId: TENANT, connectionId: 'conn1' };
+    const refOf = (operationId: string) => ({ ...connection, operationId });
+    const failure = { errorCode: 'earlier', message: 'failed before', details: [] };
+    // Own jobs, enqueued while inprogress, then finished before a worker takes them.
+    for (const id of ['done-own', 'failed-own']) await submit(id);
+    await store.finish(refOf('done-own'), 'completed');
+    await store.finish(refOf('failed-own'), 'failed', failure);
+    // A batch job carrying two terminal operations beside one to process.
+    const batch = ['done-batch', 'failed-batch', 'fresh-batch'];
+    await store.createMany(connection, batch, 'batch~terminal');
+    await store.finish(refOf('done-batch'), 'completed');
+    await store.finish(refOf('failed-batch'), 'failed', failure);
+    await queue.enqueueBatch('batch~terminal', batch.map(refOf));
     await submit('fresh');
+
+    const seen: string[] = [];
     startWorker(async ({ operation }) => void seen.push(operation.id));
     await terminal('fresh');
-    expect(seen).toEqual(['fresh']);
+    await terminal('fresh-batch');
+    // Every job handled, so none of them can still reach the processor.
+    await pollUntil(async () => Object.values(await queue.counts('waiting', 'active', 'delayed')).every((n) => n === 0), {
+      timeoutMs: 10_000,
+      what: 'every job to be handled',
+    });
+    expect(seen.sort()).toEqual(['fresh', 'fresh-batch']);
+    // And their statuses are the ones they had.
+    expect(await store.get(refOf('done-own'))).toMatchObject({ status: 'completed', error: null });
+    expect(await store.get(refOf('failed-batch'))).toMatchObject({ status: 'failed', error: failure });
   });
 
   it('completes operations with the built-in processor', async () => {
