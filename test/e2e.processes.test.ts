@@ -13,6 +13,7 @@ import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, ProcessGrou
 import { pollUntil } from './support/wait.js';
 import { startProcessorServer, type ProcessorServer } from './support/processor-server.js';
 import { freePort, startRedisServer, type RedisServer } from './support/redis-server.js';
+import { logMessage } from './support/log-messages.js';
 
 /**
  * End-to-end: real API and worker processes on a redis-server of this file's own, processing
@@ -151,7 +152,7 @@ function finishLogCounts(workers: RunningProcess[]): Map<string, number> {
   const counts = new Map<string, number>();
   for (const worker of workers) {
     for (const line of worker.logs) {
-      if (line.msg !== 'operation finished') continue;
+      if (line.msg !== logMessage('operation finished')) continue;
       const id = String(line.operationId);
       counts.set(id, (counts.get(id) ?? 0) + 1);
     }
@@ -294,7 +295,7 @@ describe('service processes under crashes', () => {
     for (const id of outboxIds) expect((await store.get(refOf(id)))?.status).toBe('completed');
     const outboxDoneAt = Math.max(...(await Promise.all(outboxIds.map(async (id) => (await store.get(refOf(id)))!.lastActionAt))));
     expect(outboxDoneAt - outboxCreatedAt).toBeGreaterThanOrEqual(FAST_RECOVERY_TIMINGS.RECONCILE_AFTER_MS);
-    const repaired = await worker.waitForLog((line) => line.msg === 'reconciler repaired operations', 5000, 'a reconciler repair');
+    const repaired = await worker.waitForLog((line) => line.msg === logMessage('reconciler repaired operations'), 5000, 'a reconciler repair');
     expect(Number(repaired.enqueued)).toBeGreaterThanOrEqual(1);
     const seen = processor.timesSeen();
     for (const id of outboxIds) expect(seen.get(id), `processor calls for ${id}`).toBe(1);
@@ -332,7 +333,7 @@ describe('service processes under crashes', () => {
     const shutdownMs = Date.now() - signalledAt;
     expect(exit, worker.output()).toEqual({ code: 0, signal: null });
     expect(shutdownMs).toBeLessThan(FAST_RECOVERY_TIMINGS.SHUTDOWN_TIMEOUT_MS);
-    expect(worker.logs.some((line) => line.msg === 'stopped')).toBe(true);
+    expect(worker.logs.some((line) => line.msg === logMessage('stopped'))).toBe(true);
     expect(worker.logs.some((line) => /aborting/.test(String(line.msg)))).toBe(false);
 
     // No worker runs now: what was in flight was finished by the worker before it exited.
@@ -393,7 +394,7 @@ describe('service processes under crashes', () => {
     expect(jobs.active).toBe(0);
     expect(jobs.wait).toBeGreaterThanOrEqual(1);
     expect(jobs.wait).toBeLessThanOrEqual(10);
-    const interrupted = worker.logs.filter((line) => line.msg === 'operation interrupted by shutdown; its job returns to the queue');
+    const interrupted = worker.logs.filter((line) => line.msg === logMessage('operation interrupted by shutdown; its job returns to the queue'));
     expect(interrupted.map((line) => String(line.operationId)).sort()).toEqual([...acknowledged].sort());
 
     await group.startWorker('worker-2', { PROCESSOR_URL: processor.urlFor('worker-2', 20), OPERATION_ATTEMPTS: '1' });

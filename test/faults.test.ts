@@ -12,6 +12,7 @@ import { CreateLoad, maxLatency, Prober, within, type RequestRecord } from './su
 import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, ProcessGroup, SERVICE_RETENTION_MS, serviceEnv, testServiceEnv, type RunningProcess } from './support/processes.js';
 import { pollUntil } from './support/wait.js';
 import { freePort, startRedisServer, type RedisServer } from './support/redis-server.js';
+import { logMessage } from './support/log-messages.js';
 
 /**
  * Redis faults against the service's real processes, each test on redis-servers of its own:
@@ -320,13 +321,17 @@ describe('a 10 s Redis outage under a create load', () => {
     const acknowledgedDuring = load.acknowledged.filter((record) => record.endedAt > downAt && record.endedAt < restartingAt).length;
     const acknowledgedAfter = load.acknowledged.length - acknowledgedBefore - acknowledgedDuring;
     for (const worker of workers) {
-      await pollUntil(() => worker.logs.some((line) => line.msg === 'operation finished' && Number(line.time) >= upAt), {
+      await pollUntil(() => worker.logs.some((line) => line.msg === logMessage('operation finished') && Number(line.time) >= upAt), {
         timeoutMs: 5000,
         what: `${worker.name} to log an operation it finished after the outage`,
       });
     }
     expect(maxmemoryWarnings(api!), 'noeviction: no eviction warning').toEqual([]);
 
+    // What the API and the reconciler logged about the outage's half-done creates (counted from
+    // messages the source is checked to write, so a renamed message fails here, not reads 0).
+    const enqueueFailures = api!.logs.filter((line) => line.msg === logMessage('enqueue failed; the reconciler will enqueue these operations'));
+    const repairs = workers.flatMap((worker) => worker.logs).filter((line) => line.msg === logMessage('reconciler repaired operations'));
     const preOutageIds = load.acknowledged.filter((record) => record.endedAt < restartingAt).map((record) => record.operationId!);
     const preOutageTerminalMs = Math.max(0, (await lastTerminalAt(deployment, preOutageIds)) - upAt);
     console.log(
@@ -337,9 +342,9 @@ describe('a 10 s Redis outage under a create load', () => {
         `readyz 503 (API slowest ${maxLatency(apiReadyDuring)} ms, workers slowest ${Math.max(...workerReady.map((p) => maxLatency(within(p.records, downAt, restartingAt))))} ms), ` +
         `worker healthz 200 throughout; back -> first 201 ${firstAckMs} ms, back -> pre-outage operations terminal ${preOutageTerminalMs} ms, ` +
         `back -> every stored operation terminal (load stopped at +${load.records.at(-1)!.endedAt - upAt} ms) ${allTerminalAt - upAt} ms; ` +
-        `stored ${stored} (${stored - acknowledged.length} without a 201, all terminal); API enqueue failures after a stored create ` +
-        `${api!.logs.filter((line) => line.msg === 'enqueue failed; the reconciler will enqueue it').length}, ` +
-        `reconciler re-enqueued ${workers.flatMap((worker) => worker.logs).filter((line) => line.msg === 'reconciler repaired operations').reduce((sum, line) => sum + Number(line.enqueued), 0)}`,
+        `stored ${stored} (${stored - acknowledged.length} without a 201, all terminal); operations stored whose batch job the API could not enqueue ` +
+        `${enqueueFailures.reduce((sum, line) => sum + Number(line.operations), 0)} (in ${enqueueFailures.length} batches), ` +
+        `reconciler re-enqueued ${repairs.reduce((sum, line) => sum + Number(line.enqueued), 0)}`,
     );
   }
 

@@ -1,6 +1,7 @@
-import { type RunningProcess } from './processes.js';
+import type { RunningProcess } from './processes.js';
 import { pollUntil } from './wait.js';
 import type { ProcessorCall, ProcessorServer } from './processor-server.js';
+import { logMessage } from './log-messages.js';
 
 /**
  * Client-side helpers for process tests that create operations through a real API and check
@@ -61,7 +62,7 @@ export function finishLogCounts(workers: readonly RunningProcess[]): Map<string,
   const counts = new Map<string, number>();
   for (const worker of workers) {
     for (const line of worker.logs) {
-      if (line.msg !== 'operation finished') continue;
+      if (line.msg !== logMessage('operation finished')) continue;
       const key = `${String(line.connectionId)}/${String(line.operationId)}`;
       counts.set(key, (counts.get(key) ?? 0) + 1);
     }

@@ -5,6 +5,7 @@ import { pathToFileURL } from 'node:url';
 import { BUILT_ENTRYPOINTS, REPO_ROOT, SERVICE_BUILD_DIR } from './service-build.js';
 import { TEST_SECRET } from './context.js';
 import { pollUntil, sleep, withTimeout } from './wait.js';
+import { logMessage } from './log-messages.js';
 
 /**
  * Child processes for tests: the service's own API and worker (compiled once per run, see
@@ -213,7 +214,8 @@ export class ProcessGroup {
   /** Spawns a worker and resolves once it logs `worker started`. */
   async startWorker(name: string, env: Record<string, string> = {}, timeoutMs = PROCESS_START_DEADLINE_MS): Promise<RunningProcess> {
     const worker = this.spawn(name, 'worker', env);
-    await worker.waitForLog((line) => line.msg === 'worker started', timeoutMs, "'worker started'");
+    const started = logMessage('worker started');
+    await worker.waitForLog((line) => line.msg === started, timeoutMs, `'${started}'`);
     return worker;
   }
 
