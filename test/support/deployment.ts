@@ -15,28 +15,16 @@ export function readRepoFile(path: string): string {
 
 const healthcheckSchema = z.object({
   test: z.array(z.string()).min(2),
-  interval: z.string().optional(),
-  timeout: z.string().optional(),
-  retries: z.number().optional(),
-  start_period: z.string().optional(),
 });
 const serviceSchema = z.object({
-  image: z.string().optional(),
   build: z.string().optional(),
   command: z.array(z.string()).optional(),
-  init: z.boolean().optional(),
   environment: z.record(z.string(), z.string()).optional(),
-  env_file: z.array(z.object({ path: z.string(), required: z.boolean() })).optional(),
-  depends_on: z.record(z.string(), z.object({ condition: z.string() })).optional(),
   healthcheck: healthcheckSchema.optional(),
-  volumes: z.array(z.string()).optional(),
-  ports: z.array(z.string()).optional(),
-  deploy: z.object({ replicas: z.number().int() }).optional(),
   stop_grace_period: z.string().optional(),
 });
 const composeSchema = z.object({
   services: z.record(z.string(), serviceSchema),
-  volumes: z.record(z.string(), z.null()).optional(),
 });
 
 export type ComposeService = z.infer<typeof serviceSchema>;
