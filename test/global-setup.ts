@@ -10,10 +10,12 @@ declare module 'vitest' {
 }
 
 /**
- * Compiles the service once for the tests that start its processes (test/support/service-build.ts),
- * while it finds the Redis the suite runs on.
+ * Compiles the service for the tests that start its processes (test/support/service-build.ts),
+ * while it finds the Redis the suite runs on; in watch mode, again before every rerun, so they
+ * never start a build older than the sources.
  */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  project.onTestsRerun(() => buildService());
   const [redis, build] = await Promise.allSettled([setUpRedis(project), buildService()]);
   if (build.status === 'rejected') {
     if (redis.status === 'fulfilled') await redis.value();
