@@ -4,13 +4,20 @@
  * 1. Redis: REDIS_URL (default redis://127.0.0.1:6379) when it answers; otherwise a throwaway
  *    `redis-server` on a free port, in a temporary directory, stopped and removed on exit. Without
  *    a redis-server binary it says how to get one and exits 1.
- * 2. Auth: AUTH_JWT_SECRET from the environment, or a random one for this run; prints a
+ * 2. Auth: AUTH_JWT_SECRET from the shell or .env, or a random one for this run; prints a
  *    ready-to-paste token (ExternalConnection.ReadWrite.All) and curl commands to try the API.
- * 3. Runs the API and a worker in one process (src/main.ts) under `tsx watch`, so edits restart
+ * 3. Keys: a REDIS_PREFIX of this run's own (`dev-<random>`), so a dev stack never joins the
+ *    queue of another instance on the same Redis (whose workers would take its jobs, and its
+ *    processor decide them); on a Redis it did not start, the run's keys are deleted on exit.
+ *    REDIS_PREFIX from the shell is used as it is, and its keys stay.
+ * 4. Runs the API and a worker in one process (src/main.ts) under `tsx watch`, so edits restart
  *    them, with pretty logs (LOG_FORMAT=pretty unless set).
  *
- * Configuration comes from the shell's environment only (.env is for docker compose); every
- * variable of src/shared/config.ts works here too.
+ * Configuration: the shell's environment, then .env in the working directory (as the service
+ * reads it); every variable of src/shared/config.ts works. HOST, PORT, LOG_FORMAT,
+ * SHUTDOWN_TIMEOUT_MS and REDIS_PREFIX are dev's own choice unless the shell sets them: .env
+ * (copied from .env.example) holds deployment values for them (0.0.0.0, 3000, json, 25 s, a
+ * shared prefix), which are the wrong ones for a dev stack.
  *
  * Signals: SIGINT (Ctrl-C), SIGTERM and SIGHUP are forwarded once to `tsx watch`, which relays
  * them to the service; a second one makes tsx kill the service at once. The children run in
@@ -19,10 +26,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseEnv } from 'node:util';
+import { Redis } from 'ioredis';
 import { SignJWT } from 'jose';
 import { ConfigError, loadConfig, type Config } from '../src/shared/config.js';
 import { RedisServerNotFound, startRedisServer, type RedisServer } from './lib/redis-server.js';
@@ -48,6 +58,8 @@ then run \`npm run dev\` again (or set REDIS_URL to a Redis you have).`;
 let redisServer: RedisServer | undefined;
 let service: ChildProcess | undefined;
 let stopping = false;
+/** This run's own keys, deleted on exit: REDIS_URL and REDIS_PREFIX, unless the shell chose the prefix. */
+let ownKeys: { redisUrl: string; prefix: string } | undefined;
 
 function say(line = ''): void {
   process.stdout.write(`${line}\n`);
@@ -103,7 +115,45 @@ async function waitUntilReady(base: string): Promise<void> {
   }
 }
 
+/** The variables of ./.env, or none when there is no such file. Not put into process.env: the
+ *  caller decides what wins. */
+function readEnvFile(): Record<string, string> {
+  let text: string;
+  try {
+    text = readFileSync('.env', 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return {};
+    throw error;
+  }
+  return parseEnv(text) as Record<string, string>;
+}
+
+/** Deletes this run's keys (best effort: a cluster's other nodes are not scanned). */
+async function deleteOwnKeys(): Promise<void> {
+  if (!ownKeys) return;
+  const { redisUrl, prefix } = ownKeys;
+  ownKeys = undefined;
+  const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => null });
+  redis.on('error', () => {});
+  try {
+    await redis.connect();
+    let deleted = 0;
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length > 0) deleted += await redis.unlink(...keys);
+    } while (cursor !== '0');
+    say(`[dev] deleted this run's ${deleted} keys (REDIS_PREFIX=${prefix})`);
+  } catch (error) {
+    say(`[dev] could not delete this run's keys (REDIS_PREFIX=${prefix}): ${error instanceof Error ? error.message : String(error)}`);
+  } finally {
+    redis.disconnect();
+  }
+}
+
 async function cleanupAndExit(code: number): Promise<never> {
+  await deleteOwnKeys();
   if (redisServer) {
     const { pid } = redisServer;
     await redisServer.destroy();
@@ -147,7 +197,12 @@ async function main(): Promise<void> {
     redisServer?.killNow();
   });
 
-  const env: Record<string, string | undefined> = { ...process.env };
+  const shell: Record<string, string | undefined> = { ...process.env };
+  const fromFile = readEnvFile();
+  const env: Record<string, string | undefined> = { ...fromFile, ...shell };
+  // Dev's own choices below win over .env; the shell wins over dev.
+  for (const name of ['HOST', 'PORT', 'LOG_FORMAT', 'SHUTDOWN_TIMEOUT_MS', 'REDIS_PREFIX']) env[name] = shell[name];
+  const envFileLine = Object.keys(fromFile).length > 0 ? `./.env (${Object.keys(fromFile).length} variables; your shell's win)` : 'your shell (no ./.env)';
 
   const requestedRedis = env.REDIS_URL || DEFAULT_REDIS_URL;
   const firstNode = requestedRedis.split(',')[0]?.trim() ?? requestedRedis;
@@ -175,6 +230,8 @@ async function main(): Promise<void> {
   env.LOG_FORMAT ||= 'pretty';
   env.HOST ||= '127.0.0.1';
   env.SHUTDOWN_TIMEOUT_MS ||= DEV_SHUTDOWN_TIMEOUT_MS;
+  const prefixFromShell = Boolean(env.REDIS_PREFIX);
+  env.REDIS_PREFIX ||= `dev-${randomBytes(4).toString('hex')}`;
   let portLine = '';
   if (!env.PORT) {
     const free = (await listenable(3000, env.HOST)) ?? (await listenable(0, env.HOST));
@@ -192,6 +249,13 @@ async function main(): Promise<void> {
     return cleanupAndExit(1);
   }
 
+  // On a Redis of others, this run's keys go with it. (Not on a throwaway Redis, deleted anyway,
+  // nor on a cluster, whose keys one node's SCAN does not list.)
+  const deletesKeys = !prefixFromShell && !redisServer && !requestedRedis.includes(',');
+  if (deletesKeys) ownKeys = { redisUrl: firstNode, prefix: config.REDIS_PREFIX };
+  const keysLine = prefixFromShell
+    ? '(from your shell; its keys stay)'
+    : `(this run's own: no other instance on this Redis takes its jobs${deletesKeys ? '; its keys are deleted on exit' : ''})`;
   const base = localBaseUrl(config);
   const token = await devToken(config, secret);
   const id = `try-${randomBytes(3).toString('hex')}`;
@@ -199,8 +263,10 @@ async function main(): Promise<void> {
   say(`
 [dev] connection-operations dev stack
   Redis   ${redisLine}
+  Keys    REDIS_PREFIX=${config.REDIS_PREFIX} ${keysLine}
+  Config  ${envFileLine}
   API     ${base}${portLine}, API reference at ${base}/docs
-  Auth    ${generatedSecret ? 'AUTH_JWT_SECRET generated for this run (export it to keep tokens valid across runs):' : 'AUTH_JWT_SECRET from your environment'}
+  Auth    ${generatedSecret ? 'AUTH_JWT_SECRET generated for this run (export it to keep tokens valid across runs):' : `AUTH_JWT_SECRET from ${shell.AUTH_JWT_SECRET ? 'your shell' : './.env'}`}
 ${generatedSecret ? `          export AUTH_JWT_SECRET=${secret}\n` : ''}
 A token for tenant ${DEV_TENANT}, scope ${DEV_SCOPE}, valid ${TOKEN_LIFETIME} (more with \`npm run token\`):
 

@@ -16,10 +16,12 @@ import {
   killWhenHolding,
   seenMoreThanOnce,
 } from './support/load.js';
-import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv, type ServiceProcess } from './support/processes.js';
+import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv, type RunningProcess } from './support/processes.js';
+import { pollUntil } from './support/wait.js';
 import { startProcessorServer, type ProcessorServer } from './support/processor-server.js';
 import { startRedisCluster, type RedisCluster } from './support/redis-cluster.js';
 import { freePort } from '../scripts/lib/free-port.js';
+import { logMessage } from './support/log-messages.js';
 
 /**
  * The service on a real three-master Redis Cluster (REDIS_URL a comma-separated node list, so
@@ -201,8 +203,8 @@ describe('the service processes on the cluster with six queue shards', () => {
     testServiceEnv(prefix, { QUEUE_SHARDS: String(SHARDS), ...fastRecoveryEnv, WORKER_CONCURRENCY: String(WORKER_CONCURRENCY) }),
   );
   let baseUrl: string;
-  let api: ServiceProcess;
-  let workers: ServiceProcess[];
+  let api: RunningProcess;
+  let workers: RunningProcess[];
   let store: OperationStore;
   let queue: OperationQueue;
 
@@ -212,8 +214,8 @@ describe('the service processes on the cluster with six queue shards', () => {
     const env = { REDIS_URL: cluster.url };
     const [apiProcess, ...started] = await Promise.all([
       // Warnings only: a request log line per create is CPU the two cores need for the load. A
-      // longer Redis timeout than the 800 ms default: on a starved machine a create can wait that
-      // long, and a 503 is not what this test is about.
+      // longer Redis timeout than REDIS_COMMAND_TIMEOUT_MS's default: on a starved machine a
+      // create can wait that long, and a 503 is not what this test is about.
       group.startApi('api', apiPort, { ...env, LOG_LEVEL: 'warn', REDIS_COMMAND_TIMEOUT_MS: '5000' }, START_TIMEOUT_MS),
       group.startWorker('worker-1', { ...env, PROCESSOR_URL: processor.urlFor('worker-1', 40) }, START_TIMEOUT_MS),
       group.startWorker('worker-2', { ...env, PROCESSOR_URL: processor.urlFor('worker-2', 40) }, START_TIMEOUT_MS),
@@ -299,10 +301,11 @@ describe('the service processes on the cluster with six queue shards', () => {
     // Nothing finished twice; what the killed worker held ran again on worker-2.
     const survivor = workers[1]!;
     const total = acknowledged.length + outbox.length;
-    // pino writes asynchronously: wait until worker-2 logged an outcome for every operation it
-    // called the processor for. (worker-1's last lines may have died unwritten with it.)
-    const outcomeLogged = (line: { msg?: string }) =>
-      line.msg === 'operation finished' || line.msg === 'operation was already terminal; its status is unchanged';
+    // Log lines reach stdout 4 KiB at a time or every 200 ms (src/shared/logger.ts): wait until
+    // worker-2's outcome line for every operation it called the processor for is in. (worker-1's
+    // last lines may have died unwritten with it.)
+    const outcomeMessages = [logMessage('operation finished'), logMessage('outcome not recorded: the operation was already terminal, or its lease was taken over')];
+    const outcomeLogged = (line: { msg?: string }) => outcomeMessages.includes(String(line.msg));
     const calledBySurvivor = new Set(processor.calls.filter((call) => call.worker === 'worker-2').map((call) => call.operationId));
     await pollUntil(
       () => {
@@ -321,7 +324,7 @@ describe('the service processes on the cluster with six queue shards', () => {
     for (const id of seenMoreThanOnce(processor)) expect([...workersOf(id)], `workers that ran ${id}`).toContain('worker-1');
     // No cluster trouble on the way: no connection errors, redirection loops or CLUSTERDOWN.
     const warnings = [api, ...workers].flatMap((child) =>
-      child.logs.filter((line) => (line.level ?? 0) >= 40 && line.msg !== 'reconciler repaired operations').map((line) => `${child.name}: ${line.msg}`),
+      child.logs.filter((line) => (line.level ?? 0) >= 40 && line.msg !== logMessage('reconciler repaired operations')).map((line) => `${child.name}: ${line.msg}`),
     );
     expect(warnings).toEqual([]);
 

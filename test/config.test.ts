@@ -1,6 +1,9 @@
-import { spawnSync } from 'node:child_process';
-import { describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/shared/config.js';
+import { PROCESS_START_DEADLINE_MS, serviceEnv, startService, type RunningProcess } from './support/processes.js';
 
 describe('loadConfig', () => {
   it('applies the documented defaults', () => {
@@ -33,23 +36,56 @@ describe('loadConfig', () => {
 });
 
 describe('process startup', () => {
-  function startApi(env: Record<string, string>) {
-    return spawnSync(process.execPath, ['--import', 'tsx', 'src/api/main.ts'], {
-      env: { PATH: process.env.PATH, ...env },
-      encoding: 'utf8',
-      timeout: 20_000,
-    });
-  }
-
-  it('stops with a message naming the bad variable', () => {
-    const result = startApi({ PORT: 'eighty', AUTH_JWT_SECRET: 'x' });
-    expect(result.status).toBe(1);
-    expect(result.stderr).toMatch(/PORT: Invalid input/);
+  const cwds: string[] = [];
+  const started: RunningProcess[] = [];
+  afterEach(async () => {
+    await Promise.all(started.splice(0).map((child) => child.kill()));
+    for (const dir of cwds.splice(0)) rmSync(dir, { recursive: true, force: true });
   });
 
-  it('refuses to start without a token verification method', () => {
-    const result = startApi({ REDIS_URL: 'redis://127.0.0.1:1' });
-    expect(result.status).toBe(1);
-    expect(result.stdout + result.stderr).toMatch(/AUTH_JWT_SECRET and\/or AUTH_JWKS_URL/);
+  /** A working directory of the test's own, with `.env` holding `envFile` when given. */
+  function workingDirectory(envFile?: string): string {
+    const dir = mkdtempSync(join(tmpdir(), 'cops-config-cwd-'));
+    cwds.push(dir);
+    if (envFile !== undefined) writeFileSync(join(dir, '.env'), envFile);
+    return dir;
+  }
+
+  /** Runs the compiled API entry point to its exit. Its Redis never answers: a process that
+   *  gets past its config waits for it (and the test fails at the deadline) rather than serve. */
+  async function runApi(env: Record<string, string>, cwd = workingDirectory()) {
+    const api = startService('api', 'api', serviceEnv({ REDIS_URL: 'redis://127.0.0.1:1', HOST: '127.0.0.1', PORT: '0', ...env }), cwd);
+    started.push(api);
+    await api.waitForExit(PROCESS_START_DEADLINE_MS);
+    return api;
+  }
+
+  it('stops with a message naming the bad variable', async () => {
+    const api = await runApi({ PORT: 'eighty', AUTH_JWT_SECRET: 'x' });
+    expect(api.exit).toEqual({ code: 1, signal: null });
+    expect(api.stderr).toMatch(/PORT: Invalid input/);
+  });
+
+  it('refuses to start without a token verification method', async () => {
+    const api = await runApi({});
+    expect(api.exit).toEqual({ code: 1, signal: null });
+    expect(api.stdout + api.stderr).toMatch(/AUTH_JWT_SECRET and\/or AUTH_JWKS_URL/);
+  });
+
+  it('reads .env from the working directory before it parses the config', async () => {
+    const api = await runApi({ AUTH_JWT_SECRET: 'x' }, workingDirectory('# a comment\nLOG_LEVEL=loud\n'));
+    expect(api.exit).toEqual({ code: 1, signal: null });
+    expect(api.stderr).toMatch(/LOG_LEVEL/);
+  });
+
+  it('lets the real environment win over .env, an empty variable included', async () => {
+    const cwd = workingDirectory('LOG_LEVEL=info\nAUTH_JWT_SECRET=from-the-file\n');
+    const bad = await runApi({ LOG_LEVEL: 'loud' }, cwd);
+    expect(bad.exit).toEqual({ code: 1, signal: null });
+    expect(bad.stderr).toMatch(/LOG_LEVEL/);
+    // AUTH_JWT_SECRET set but empty in the environment: the file's secret does not fill it in.
+    const empty = await runApi({ AUTH_JWT_SECRET: '' }, cwd);
+    expect(empty.exit).toEqual({ code: 1, signal: null });
+    expect(empty.stdout + empty.stderr).toMatch(/AUTH_JWT_SECRET and\/or AUTH_JWKS_URL/);
   });
 });

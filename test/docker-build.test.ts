@@ -1,28 +1,29 @@
 import { execFile } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { basename, dirname, join, posix } from 'node:path';
+import { basename, dirname, join, posix, relative } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { signToken, TEST_SECRET, uniquePrefix } from './support/context.js';
-import { RunningProcess, type ExitInfo } from './support/child-process.js';
-import { composeService, loadCompose, loadDockerfile, REPO_ROOT } from './support/deployment.js';
-import { envOf, execForm, healthcheckOf, instructionsOf, type Stage } from './support/dockerfile.js';
-import { pollUntil, serviceEnv } from './support/processes.js';
+import { RunningProcess, serviceEnv, type ExitInfo } from './support/processes.js';
+import { composeService, loadCompose, loadDockerfile, readRepoFile, REPO_ROOT } from './support/deployment.js';
+import { dockerIgnored, envOf, execForm, healthcheckOf, instructionsOf, type Stage } from './support/dockerfile.js';
 import { freePort } from '../scripts/lib/free-port.js';
+import { pollUntil } from './support/wait.js';
+import { logMessage } from './support/log-messages.js';
 
 /**
  * The image, built without Docker: each stage of the Dockerfile is performed in a directory of
- * its own standing for the container's filesystem (WORKDIR, COPY from the context or from another
- * stage, RUN), then the result runs as compose and the image's CMD would run it, from another
- * working directory, against the suite's Redis. What this proves: dist/ builds from what the
- * Dockerfile copies, the production dependencies alone run every role (a .ts PROCESSOR_MODULE
- * included), the health checks pass, and SIGTERM ends the processes with exit code 0.
+ * its own standing for the container's filesystem (WORKDIR, COPY from the build context or from
+ * another stage, RUN), then the result runs as compose and the image's CMD would run it, from
+ * another working directory, against the suite's Redis. What this proves: the build context
+ * (.dockerignore applied) holds what the Dockerfile copies, dist/ builds from it, the production
+ * dependencies alone run every role (a .ts PROCESSOR_MODULE included), the health checks pass,
+ * and SIGTERM ends the processes with exit code 0.
  *
- * Substitutions, the only ones: the build stage's full `npm ci` is the repo's own node_modules
- * (installed by `npm ci` from the same lockfile; a second full install would add a minute), the
- * runtime stage's `npm ci --omit=dev` runs for real with `--prefer-offline` (npm's cache), and
- * `npm cache clean` is skipped (it would empty the developer's cache). Any other RUN step makes
+ * Both installs are real `npm ci` runs from the lockfile, with `--prefer-offline` (npm's cache;
+ * on a cold cache they download from the npm registry: the full one about 190 MB). The only step
+ * skipped is `npm cache clean` (it would empty the developer's cache). Any other RUN step makes
  * the test fail until it learns it. The USER switch cannot be checked without Docker.
  */
 
@@ -32,6 +33,7 @@ const PROCESS_DEADLINE_MS = 20_000;
 const CONNECTION_ID = 'dockerbuild';
 
 const dockerfile = loadDockerfile();
+const dockerignore = readRepoFile('.dockerignore');
 const compose = loadCompose();
 const finalStage: Stage = dockerfile.stages.at(-1)!;
 
@@ -61,10 +63,8 @@ async function performRun(step: string, cwd: string): Promise<void> {
         throw new Error(`RUN ${step} failed in ${cwd}: ${error.message}\n${error.stdout ?? ''}\n${error.stderr ?? ''}`);
       },
     );
-  if (words[1] === 'ci' && words.includes('--omit=dev')) {
+  if (words[1] === 'ci') {
     await npm([...words.slice(1), '--prefer-offline']);
-  } else if (words[1] === 'ci') {
-    symlinkSync(join(REPO_ROOT, 'node_modules'), join(cwd, 'node_modules'), 'dir');
   } else if (words[1] === 'run' && words[2] === 'build' && words.length === 3) {
     await npm(['run', 'build']);
   } else if (words[1] === 'cache' && words[2] === 'clean') {
@@ -95,13 +95,19 @@ async function performStage(stage: Stage, root: string, stageRoots: Map<string, 
         const sourceRoot = from === undefined ? REPO_ROOT : stageRoots.get(from);
         if (sourceRoot === undefined) throw new Error(`COPY --from=${from}: no such stage`);
         const destination = paths.at(-1)!;
-        const sources = paths.slice(0, -1).map((source) => join(sourceRoot, source));
-        if (sources.length > 1 || destination.endsWith('/')) {
+        const sourcePaths = paths.slice(0, -1);
+        // From the build context, what .dockerignore leaves out is not there to copy.
+        const inContext = (path: string) => from !== undefined || !dockerIgnored(dockerignore, relative(REPO_ROOT, path));
+        for (const source of sourcePaths) {
+          if (!inContext(join(sourceRoot, source))) throw new Error(`COPY ${source}: not in the build context (.dockerignore leaves it out)`);
+        }
+        const copy = (source: string, target: string) => cpSync(join(sourceRoot, source), target, { recursive: true, filter: inContext });
+        if (sourcePaths.length > 1 || destination.endsWith('/')) {
           mkdirSync(onHost(destination), { recursive: true });
-          for (const source of sources) cpSync(source, join(onHost(destination), basename(source)), { recursive: true });
+          for (const source of sourcePaths) copy(source, join(onHost(destination), basename(source)));
         } else {
           mkdirSync(dirname(onHost(destination)), { recursive: true });
-          cpSync(sources[0]!, onHost(destination), { recursive: true });
+          copy(sourcePaths[0]!, onHost(destination));
         }
         break;
       }
@@ -254,6 +260,12 @@ describe('the Docker image, built by performing the Dockerfile without Docker', 
     }
   });
 
+  it('leaves local secrets and host-built files out of the build context', () => {
+    for (const path of ['.env', '.env.production', 'node_modules', 'node_modules/x/index.js', 'dist', '.test-dist', '.git']) {
+      expect(dockerIgnored(dockerignore, path), path).toBe(true);
+    }
+  });
+
   it("runs compose's api and worker commands from another directory: a .ts processor module decides, both health checks pass, SIGTERM exits 0", async () => {
     const env = testEnv();
     const apiPort = await freePort();
@@ -271,7 +283,7 @@ describe('the Docker image, built by performing the Dockerfile without Docker', 
     });
     const context = () => `${api.output()}\n${worker.output()}`;
     await waitUntilReady(api, apiPort);
-    await worker.waitForOutput(/"msg":"worker started"/, PROCESS_DEADLINE_MS);
+    await worker.waitForLog((line) => line.msg === logMessage('worker started'), PROCESS_DEADLINE_MS, 'worker started');
 
     await createOperation(apiPort, 'ok-1');
     await createOperation(apiPort, 'fail-1');

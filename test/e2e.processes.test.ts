@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ConnectionRef } from '../src/shared/keys.js';
 import type { OperationRef } from '../src/shared/operation.js';
@@ -6,10 +9,12 @@ import { createRedis, waitUntilReady, type RedisClient } from '../src/shared/red
 import { OperationStore } from '../src/shared/store.js';
 import { signToken, silentLog, TENANT, uniquePrefix } from './support/context.js';
 import { killWhenHolding } from './support/load.js';
-import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv, type ServiceProcess } from './support/processes.js';
+import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv, type RunningProcess } from './support/processes.js';
+import { pollUntil } from './support/wait.js';
 import { startProcessorServer, type ProcessorServer } from './support/processor-server.js';
 import { freePort } from '../scripts/lib/free-port.js';
 import { startRedisServer, type RedisServer } from '../scripts/lib/redis-server.js';
+import { logMessage } from './support/log-messages.js';
 
 /**
  * End-to-end: real API and worker processes on a redis-server of this file's own, processing
@@ -144,11 +149,11 @@ async function storedOperationIds(): Promise<string[]> {
 }
 
 /** How many `operation finished` lines the workers logged per operation id. */
-function finishLogCounts(workers: ServiceProcess[]): Map<string, number> {
+function finishLogCounts(workers: RunningProcess[]): Map<string, number> {
   const counts = new Map<string, number>();
   for (const worker of workers) {
     for (const line of worker.logs) {
-      if (line.msg !== 'operation finished') continue;
+      if (line.msg !== logMessage('operation finished')) continue;
       const id = String(line.operationId);
       counts.set(id, (counts.get(id) ?? 0) + 1);
     }
@@ -203,7 +208,8 @@ describe('service processes under crashes', () => {
     const seen = processor.timesSeen();
     for (const id of unfinishedAtKill) expect(seen.get(id), `${id} was in flight on worker-1 when it died`).toBeGreaterThanOrEqual(2);
     for (const id of acknowledged) expect(seen.get(id) ?? 0, `processor calls for ${id}`).toBeGreaterThanOrEqual(1);
-    // (pino writes asynchronously: wait until worker-2 logged the operations it took over.)
+    // (Log lines reach stdout 4 KiB at a time or every 200 ms, src/shared/logger.ts: wait until
+    // worker-2's lines for the operations it took over are in.)
     await pollUntil(() => [...unfinishedAtKill].every((id) => finishLogCounts([survivor]).has(id)), {
       timeoutMs: 5000,
       what: "worker-2's log lines for the operations it took over",
@@ -290,7 +296,7 @@ describe('service processes under crashes', () => {
     for (const id of outboxIds) expect((await store.get(refOf(id)))?.status).toBe('completed');
     const outboxDoneAt = Math.max(...(await Promise.all(outboxIds.map(async (id) => (await store.get(refOf(id)))!.lastActionAt))));
     expect(outboxDoneAt - outboxCreatedAt).toBeGreaterThanOrEqual(FAST_RECOVERY_TIMINGS.RECONCILE_AFTER_MS);
-    const repaired = await worker.waitForLog((line) => line.msg === 'reconciler repaired operations', 5000, 'a reconciler repair');
+    const repaired = await worker.waitForLog((line) => line.msg === logMessage('reconciler repaired operations'), 5000, 'a reconciler repair');
     expect(Number(repaired.enqueued)).toBeGreaterThanOrEqual(1);
     const seen = processor.timesSeen();
     for (const id of outboxIds) expect(seen.get(id), `processor calls for ${id}`).toBe(1);
@@ -328,7 +334,7 @@ describe('service processes under crashes', () => {
     const shutdownMs = Date.now() - signalledAt;
     expect(exit, worker.output()).toEqual({ code: 0, signal: null });
     expect(shutdownMs).toBeLessThan(FAST_RECOVERY_TIMINGS.SHUTDOWN_TIMEOUT_MS);
-    expect(worker.logs.some((line) => line.msg === 'stopped')).toBe(true);
+    expect(worker.logs.some((line) => line.msg === logMessage('stopped'))).toBe(true);
     expect(worker.logs.some((line) => /aborting/.test(String(line.msg)))).toBe(false);
 
     // No worker runs now: what was in flight was finished by the worker before it exited.
@@ -389,7 +395,7 @@ describe('service processes under crashes', () => {
     expect(jobs.active).toBe(0);
     expect(jobs.wait).toBeGreaterThanOrEqual(1);
     expect(jobs.wait).toBeLessThanOrEqual(10);
-    const interrupted = worker.logs.filter((line) => line.msg === 'operation interrupted by shutdown; its job returns to the queue');
+    const interrupted = worker.logs.filter((line) => line.msg === logMessage('operation interrupted by shutdown; its job returns to the queue'));
     expect(interrupted.map((line) => String(line.operationId)).sort()).toEqual([...acknowledged].sort());
 
     await group.startWorker('worker-2', { PROCESSOR_URL: processor.urlFor('worker-2', 20), OPERATION_ATTEMPTS: '1' });
@@ -400,5 +406,36 @@ describe('service processes under crashes', () => {
     expect(processor.calls.filter((call) => call.worker === 'worker-2').map((call) => call.attempt)).toEqual(acknowledged.map(() => 1));
     expect((await queue.counts('active')).active).toBe(0);
     console.log(`[e2e worker SIGTERM past the timeout] exit 0 after ${shutdownMs} ms (timeout 500 ms); ${acknowledged.length} interrupted operations completed by a new worker`);
+  });
+});
+
+describe('a worker process started from the build', () => {
+  it('loads a TypeScript PROCESSOR_MODULE (through tsx, a production dependency) and records what it decides', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cops-e2e-module-'));
+    try {
+      // Type annotations: plain node cannot load this, the worker must go through tsx.
+      const module = join(dir, 'processor.ts');
+      writeFileSync(
+        module,
+        `interface Input { operation: { id: string } }
+export default async function processOperation(input: Input): Promise<void> {
+  if (input.operation.id.startsWith('refuse')) {
+    const errorDetail: { errorCode: string; message: string } = { errorCode: 'refusedByModule', message: 'a TypeScript module said no' };
+    throw Object.assign(new Error(errorDetail.message), { errorDetail });
+  }
+}
+`,
+      );
+      await group.startWorker('worker-ts', { PROCESSOR_MODULE: module });
+      for (const id of ['accept-1', 'refuse-1']) {
+        expect((await store.create(refOf(id))).result).toBe('created');
+        await queue.enqueue(refOf(id));
+      }
+      await waitUntilNothingInprogress('the TypeScript processor to decide both operations');
+      expect(await store.get(refOf('accept-1'))).toMatchObject({ status: 'completed' });
+      expect(await store.get(refOf('refuse-1'))).toMatchObject({ status: 'failed', error: { errorCode: 'refusedByModule', message: 'a TypeScript module said no' } });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -9,9 +9,11 @@ import { createRedis, waitUntilReady, type RedisClient } from '../src/shared/red
 import { OperationStore } from '../src/shared/store.js';
 import { signToken, silentLog, TENANT, TEST_SECRET, uniquePrefix } from './support/context.js';
 import { CreateLoad, maxLatency, Prober, within, type RequestRecord } from './support/fault-load.js';
-import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, serviceEnv, testServiceEnv, type ServiceProcess } from './support/processes.js';
+import { FAST_RECOVERY_TIMINGS, fastRecoveryEnv, mapWithConcurrency, ProcessGroup, SERVICE_RETENTION_MS, serviceEnv, testServiceEnv, type RunningProcess } from './support/processes.js';
+import { pollUntil } from './support/wait.js';
 import { freePort } from '../scripts/lib/free-port.js';
 import { startRedisServer, type RedisServer } from '../scripts/lib/redis-server.js';
+import { logMessage } from './support/log-messages.js';
 
 /**
  * Redis faults against the service's real processes, each test on redis-servers of its own:
@@ -90,9 +92,9 @@ interface Deployment {
   store: OperationStore;
   queue: OperationQueue;
   prefix: string;
-  api?: ServiceProcess;
+  api?: RunningProcess;
   baseUrl: string;
-  workers: ServiceProcess[];
+  workers: RunningProcess[];
   /** `http://127.0.0.1:<WORKER_HEALTH_PORT>` of each worker. */
   workerHealth: string[];
 }
@@ -147,7 +149,7 @@ async function deploy({
     prefix,
     ...(apiProcess ? { api: apiProcess } : {}),
     baseUrl: `http://127.0.0.1:${apiPort}`,
-    workers: workerProcesses as ServiceProcess[],
+    workers: workerProcesses as RunningProcess[],
     workerHealth: healthPorts.map((port) => `http://127.0.0.1:${port}`),
   };
 }
@@ -215,7 +217,7 @@ function describeRecords(records: readonly RequestRecord[]): string {
   return JSON.stringify(records.slice(0, 5));
 }
 
-function maxmemoryWarnings(service: ServiceProcess): string[] {
+function maxmemoryWarnings(service: RunningProcess): string[] {
   return service.logs.filter((line) => line.level === 40 && MAXMEMORY_WARNING.test(String(line.msg))).map((line) => String(line.msg));
 }
 
@@ -320,13 +322,17 @@ describe('a 10 s Redis outage under a create load', () => {
     const acknowledgedDuring = load.acknowledged.filter((record) => record.endedAt > downAt && record.endedAt < restartingAt).length;
     const acknowledgedAfter = load.acknowledged.length - acknowledgedBefore - acknowledgedDuring;
     for (const worker of workers) {
-      await pollUntil(() => worker.logs.some((line) => line.msg === 'operation finished' && Number(line.time) >= upAt), {
+      await pollUntil(() => worker.logs.some((line) => line.msg === logMessage('operation finished') && Number(line.time) >= upAt), {
         timeoutMs: 5000,
         what: `${worker.name} to log an operation it finished after the outage`,
       });
     }
     expect(maxmemoryWarnings(api!), 'noeviction: no eviction warning').toEqual([]);
 
+    // What the API and the reconciler logged about the outage's half-done creates (counted from
+    // messages the source is checked to write, so a renamed message fails here, not reads 0).
+    const enqueueFailures = api!.logs.filter((line) => line.msg === logMessage('enqueue failed; the reconciler will enqueue these operations'));
+    const repairs = workers.flatMap((worker) => worker.logs).filter((line) => line.msg === logMessage('reconciler repaired operations'));
     const preOutageIds = load.acknowledged.filter((record) => record.endedAt < restartingAt).map((record) => record.operationId!);
     const preOutageTerminalMs = Math.max(0, (await lastTerminalAt(deployment, preOutageIds)) - upAt);
     console.log(
@@ -337,9 +343,9 @@ describe('a 10 s Redis outage under a create load', () => {
         `readyz 503 (API slowest ${maxLatency(apiReadyDuring)} ms, workers slowest ${Math.max(...workerReady.map((p) => maxLatency(within(p.records, downAt, restartingAt))))} ms), ` +
         `worker healthz 200 throughout; back -> first 201 ${firstAckMs} ms, back -> pre-outage operations terminal ${preOutageTerminalMs} ms, ` +
         `back -> every stored operation terminal (load stopped at +${load.records.at(-1)!.endedAt - upAt} ms) ${allTerminalAt - upAt} ms; ` +
-        `stored ${stored} (${stored - acknowledged.length} without a 201, all terminal); API enqueue failures after a stored create ` +
-        `${api!.logs.filter((line) => line.msg === 'enqueue failed; the reconciler will enqueue it').length}, ` +
-        `reconciler re-enqueued ${workers.flatMap((worker) => worker.logs).filter((line) => line.msg === 'reconciler repaired operations').reduce((sum, line) => sum + Number(line.enqueued), 0)}`,
+        `stored ${stored} (${stored - acknowledged.length} without a 201, all terminal); operations stored whose batch job the API could not enqueue ` +
+        `${enqueueFailures.reduce((sum, line) => sum + Number(line.operations), 0)} (in ${enqueueFailures.length} batches), ` +
+        `reconciler re-enqueued ${repairs.reduce((sum, line) => sum + Number(line.enqueued), 0)}`,
     );
   }
 

@@ -4,6 +4,7 @@ import { SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PERSONAL_ACCOUNT_TENANT } from '../src/api/jwt-auth.js';
 import { OTHER_TENANT, TENANT, TEST_SECRET, createApiContext, signToken, type ApiContext } from './support/context.js';
+import { withTimeout } from './support/wait.js';
 
 /**
  * Hostile input, generated: every request, whatever its path, query, headers, body or token,
@@ -79,10 +80,6 @@ async function fire(request: FuzzRequest): Promise<Response> {
       // Not a header value any HTTP client could send (a raw newline, say): leave it out.
     }
   }
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${DEADLINE_MS} ms: ${describeRequest(request)}`)), DEADLINE_MS);
-  });
   const answer = (async () => {
     const response = await ctx.app.request(request.path, {
       method: request.method,
@@ -91,15 +88,11 @@ async function fire(request: FuzzRequest): Promise<Response> {
     });
     return { response, text: await response.text() };
   })();
-  try {
-    const { response, text } = await Promise.race([answer, deadline]);
-    tally.requests += 1;
-    tally.byStatus.set(response.status, (tally.byStatus.get(response.status) ?? 0) + 1);
-    judge(request, response, text);
-    return response;
-  } finally {
-    clearTimeout(timer);
-  }
+  const { response, text } = await withTimeout(answer, DEADLINE_MS, () => `no answer within ${DEADLINE_MS} ms: ${describeRequest(request)}`);
+  tally.requests += 1;
+  tally.byStatus.set(response.status, (tally.byStatus.get(response.status) ?? 0) + 1);
+  judge(request, response, text);
+  return response;
 }
 
 function judge(request: FuzzRequest, response: Response, text: string): void {

@@ -1,11 +1,28 @@
 import type { TestProject } from 'vitest/node';
 import { redisAnswers } from '../scripts/redis-answers.js';
 import { startRedisServer, type RedisServer } from '../scripts/lib/redis-server.js';
+import { buildService } from './support/service-build.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
     redisUrl: string;
   }
+}
+
+/**
+ * Compiles the service for the tests that start its processes (test/support/service-build.ts),
+ * while it finds the Redis the suite runs on; in watch mode, again before every rerun, so they
+ * never start a build older than the sources.
+ */
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  project.onTestsRerun(() => buildService());
+  const [redis, build] = await Promise.allSettled([setUpRedis(project), buildService()]);
+  if (build.status === 'rejected') {
+    if (redis.status === 'fulfilled') await redis.value();
+    throw build.reason;
+  }
+  if (redis.status === 'rejected') throw redis.reason;
+  return redis.value;
 }
 
 /**
@@ -15,7 +32,7 @@ declare module 'vitest' {
  * 3. else a redis-server this setup starts on a free port.
  * Each test isolates itself with its own key prefix, so one Redis serves the whole suite.
  */
-export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+async function setUpRedis(project: TestProject): Promise<() => Promise<void>> {
   const container = await startContainerIfDockerAnswers();
   if (container) {
     project.provide('redisUrl', container.url);

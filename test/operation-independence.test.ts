@@ -8,7 +8,7 @@ import type { Processor, ProcessorInput } from '../src/worker/processor.js';
 import { Reconciler } from '../src/worker/reconciler.js';
 import { createWorker, type OperationWorker } from '../src/worker/worker.js';
 import { deleteKeys, silentLog, testConfig } from './support/context.js';
-import { pollUntil as eventually } from './support/processes.js';
+import { pollUntil as eventually } from './support/wait.js';
 
 /**
  * Every operation stands on its own inside the batch job that carries it: its status is written

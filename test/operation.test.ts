@@ -1,5 +1,12 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { createOperationBodySchema, describeCreateBodyProblem, isValidConnectionId } from '../src/shared/operation.js';
+import {
+  createOperationBodySchema,
+  describeCreateBodyProblem,
+  isValidConnectionId,
+  OPERATION_ID_PATTERN,
+  TENANT_ID_PATTERN,
+} from '../src/shared/operation.js';
 import { jobIdOf } from '../src/shared/queue.js';
 
 describe('isValidConnectionId', () => {
@@ -26,10 +33,32 @@ describe('describeCreateBodyProblem', () => {
 });
 
 describe('jobIdOf', () => {
-  it('never yields an id that is all digits or contains a colon', () => {
-    const id = jobIdOf({ tenantId: '123', connectionId: '456', operationId: '789' });
-    expect(id).toBe('123~456~789');
-    expect(id).not.toMatch(/^\d+$/);
-    expect(id).not.toContain(':');
+  // Every valid id, with a good share made only of digits (BullMQ reads an all-digit job id as
+  // a number) and of the separator-like characters operation ids may hold.
+  const digits = (max: number) => fc.stringMatching(new RegExp(`^[0-9]{1,${max}}$`));
+  const tenantId = fc.oneof(fc.stringMatching(TENANT_ID_PATTERN), digits(64));
+  const connectionId = fc.oneof(fc.stringMatching(/^[A-Za-z0-9]{3,32}$/), fc.stringMatching(/^[0-9]{3,32}$/)).filter(isValidConnectionId);
+  const operationId = fc.oneof(fc.stringMatching(OPERATION_ID_PATTERN), digits(128), fc.stringMatching(/^[~.0-9]{1,16}$/));
+  const ref = fc.record({ tenantId, connectionId, operationId });
+
+  it('never yields an id that is all digits or contains a colon, for any valid operation (property)', () => {
+    fc.assert(
+      fc.property(ref, (operation) => {
+        const id = jobIdOf(operation);
+        expect(id).not.toMatch(/^\d+$/);
+        expect(id).not.toContain(':');
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('never yields one id for two operations: the id reads back as its tenant, connection and operation (property)', () => {
+    fc.assert(
+      fc.property(ref, (operation) => {
+        const [tenant, connection, ...rest] = jobIdOf(operation).split('~');
+        expect({ tenantId: tenant, connectionId: connection, operationId: rest.join('~') }).toEqual(operation);
+      }),
+      { numRuns: 2000 },
+    );
   });
 });

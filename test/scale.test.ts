@@ -5,7 +5,8 @@ import { createRedis, waitUntilReady, type RedisClient } from '../src/shared/red
 import { OperationStore } from '../src/shared/store.js';
 import { signToken, silentLog, TENANT, uniquePrefix } from './support/context.js';
 import { callsPerWorker, createBodies, createOperation, finishLogCounts, seenMoreThanOnce } from './support/load.js';
-import { mapWithConcurrency, pollUntil, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv } from './support/processes.js';
+import { mapWithConcurrency, ProcessGroup, SERVICE_RETENTION_MS, testServiceEnv } from './support/processes.js';
+import { pollUntil } from './support/wait.js';
 import { startProcessorServer, type ProcessorServer } from './support/processor-server.js';
 import { freePort } from '../scripts/lib/free-port.js';
 import { startRedisServer, type RedisServer } from '../scripts/lib/redis-server.js';
@@ -84,8 +85,9 @@ async function runLoad(workerCount: number, shards: number, onTestFailed: (fn: (
     const names = Array.from({ length: workerCount }, (_, i) => `worker-${i + 1}`);
     const [, ...workers] = await Promise.all([
       // Warnings only: a request log line per create is CPU the two cores need for the load. A
-      // longer Redis timeout than the 800 ms default: on a starved machine a create can wait that
-      // long, and a 503 would blur what this test measures (sharing, not latency).
+      // longer Redis timeout than REDIS_COMMAND_TIMEOUT_MS's default: on a starved machine a
+      // create can wait that long, and a 503 would blur what this test measures (sharing, not
+      // latency).
       processes.startApi('api', apiPort, { LOG_LEVEL: 'warn', REDIS_COMMAND_TIMEOUT_MS: '5000' }, START_TIMEOUT_MS),
       ...names.map((name) => processes.startWorker(name, { PROCESSOR_URL: processor.urlFor(name, PROCESSOR_DELAY_MS) }, START_TIMEOUT_MS)),
     ]);
@@ -116,7 +118,8 @@ async function runLoad(workerCount: number, shards: number, onTestFailed: (fn: (
     }
     const stored = await Promise.all(acknowledged.map((o) => store.get({ tenantId: TENANT, connectionId: o.connectionId, operationId: o.operationId! })));
     expect(stored.filter((operation) => operation?.status !== 'completed')).toEqual([]);
-    // (pino writes asynchronously: wait until every finish was logged.)
+    // (Log lines reach stdout 4 KiB at a time or every 200 ms, src/shared/logger.ts: wait until
+    // every finish line is in.)
     await pollUntil(() => [...finishLogCounts(workers).values()].reduce((sum, n) => sum + n, 0) >= OPERATIONS, {
       timeoutMs: 5000,
       what: "the workers' log lines for every finished operation",

@@ -4,6 +4,7 @@ import { inject } from 'vitest';
 import { createRedis, waitUntilReady, type RedisClient } from '../src/shared/redis.js';
 import { OperationStore, type ListCursor } from '../src/shared/store.js';
 import { deleteKeys, uniquePrefix } from './support/context.js';
+import { pollUntil, sleep } from './support/wait.js';
 
 const connection = { tenantId: 'tenant-a', connectionId: 'conn1' };
 const ref = (operationId: string) => ({ ...connection, operationId });
@@ -108,9 +109,7 @@ describe('OperationStore.finish', () => {
     await store.finish(ref('done'), 'completed');
     expect(await redis.pttl(store.keys.operation(ref('done')))).toBeGreaterThan(0);
     expect(await redis.pttl(store.keys.operation(ref('busy')))).toBe(-1);
-    const deadline = Date.now() + 5000;
-    while ((await store.get(ref('done'))) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    expect(await store.get(ref('done'))).toBeUndefined();
+    await pollUntil(async () => (await store.get(ref('done'))) === undefined, { timeoutMs: 5000, what: 'the terminal operation to expire' });
     expect(await store.get(ref('busy'))).toMatchObject({ status: 'inprogress' });
   });
 });
@@ -123,7 +122,6 @@ describe('OperationStore.claim', () => {
   });
   const claim = (operationId: string, holder: string, { jobId = '', leaseMs = 60_000, attempts = 3 } = {}) =>
     store.claim(connection, jobId, [{ operationId, holder }], rules(leaseMs, attempts)).then((results) => results[0]);
-  const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
   it('gives an attempt to one holder at a time and counts attempts on the operation', async () => {
     await store.create(ref('x'));
@@ -209,21 +207,30 @@ describe('OperationStore.claim', () => {
 });
 
 describe('OperationStore.list', () => {
-  it('pages newest first, with ties in creation time kept in a stable order', async () => {
-    for (let i = 0; i < 10; i++) {
-      if (i % 3 === 0) clock += 1; // several operations share one millisecond
-      await store.create(ref(`op${i}`));
+  it('pages newest first, with ties in creation time kept in one order (id, bytes descending) whatever the page size', async () => {
+    // Three operations per millisecond, created in an order that is not their ids' order.
+    const byMillisecond = [
+      ['m', 'b', 'x'],
+      ['K', 'k', 'a'],
+      ['z', '0', 'Q'],
+    ];
+    for (const ids of byMillisecond) {
+      clock += 1;
+      for (const id of ids) await store.create(ref(id));
     }
-    const seen: string[] = [];
-    let cursor;
-    do {
-      const page = await store.list(connection, { top: 3, cursor });
-      seen.push(...page.operations.map((op) => op.id));
-      cursor = page.next;
-    } while (cursor);
-    expect(new Set(seen).size).toBe(10);
-    expect(seen.slice(0, 1)).toEqual(['op9']);
-    expect(seen.at(-1)).toBe('op0');
+    // Newest millisecond first; inside one, ids bytes descending (lowercase after uppercase,
+    // digits before both).
+    const expected = ['z', 'Q', '0', 'k', 'a', 'K', 'x', 'm', 'b'];
+    for (const top of [1, 2, 3, 4, 9, 10]) {
+      const seen: string[] = [];
+      let cursor: ListCursor | undefined;
+      do {
+        const page = await store.list(connection, { top, ...(cursor ? { cursor } : {}) });
+        seen.push(...page.operations.map((op) => op.id));
+        cursor = page.next;
+      } while (cursor && seen.length <= expected.length);
+      expect(seen, `pages of ${top}`).toEqual(expected);
+    }
   });
 
   it('skips and prunes index entries of expired operations', async () => {
@@ -281,11 +288,11 @@ describe('OperationStore.list never ends early', () => {
     expect(new Set(await newStore(1).finishMany(conn, ids.map((operationId) => ({ operationId, status: 'completed' }))))).toEqual(
       new Set(['finished']),
     );
-    const deadline = Date.now() + 5000;
-    while ((await Promise.all(ids.map((operationId) => store.get({ ...conn, operationId })))).some((op) => op !== undefined)) {
-      if (Date.now() > deadline) throw new Error('operations did not expire');
-      await new Promise((resolve) => setTimeout(resolve, 2));
-    }
+    await pollUntil(async () => (await Promise.all(ids.map((operationId) => store.get({ ...conn, operationId })))).every((op) => op === undefined), {
+      timeoutMs: 5000,
+      intervalMs: 2,
+      what: 'the operations to expire',
+    });
   }
 
   /** Follows next cursors to the end; `between` runs before every page but the first. */

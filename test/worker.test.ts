@@ -15,6 +15,7 @@ import { httpProcessor } from '../src/worker/processors/http.js';
 import { loadModuleProcessor } from '../src/worker/processors/module.js';
 import { createWorker, type OperationWorker } from '../src/worker/worker.js';
 import { deleteKeys, silentLog, testConfig } from './support/context.js';
+import { pollUntil } from './support/wait.js';
 
 type Handler = (body: Record<string, unknown>, req: IncomingMessage, res: ServerResponse) => void;
 
@@ -81,13 +82,14 @@ async function submit(operationId: string) {
 }
 
 async function terminal(operationId: string, timeoutMs = 10_000): Promise<Operation> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const operation = await store.get({ tenantId: TENANT, connectionId: 'conn1', operationId });
-    if (operation && operation.status !== 'inprogress') return operation;
-    if (Date.now() > deadline) throw new Error(`operation ${operationId} still ${operation?.status} after ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
+  const ref = { tenantId: TENANT, connectionId: 'conn1', operationId };
+  return pollUntil(
+    async () => {
+      const operation = await store.get(ref);
+      return operation && operation.status !== 'inprogress' ? operation : undefined;
+    },
+    { timeoutMs, intervalMs: 20, what: `operation ${operationId} to finish`, context: async () => `status: ${(await store.get(ref))?.status}` },
+  );
 }
 
 describe('the HTTP processor', () => {
@@ -246,15 +248,35 @@ describe('the worker', () => {
   });
 
 
-  it('never hands a terminal operation to the processor', async () => {
-    const seen: string[] = [];
-    const ref = await submit('already-done');
-    await store.finish(ref, 'completed');
-    await queue.enqueue({ ...ref, operationId: 'already-done' });
+  it('never hands a terminal operation to the processor, completed or failed, carried by its own job or a batch job', async () => {
+    const connection = { tenantId: TENANT, connectionId: 'conn1' };
+    const refOf = (operationId: string) => ({ ...connection, operationId });
+    const failure = { errorCode: 'earlier', message: 'failed before', details: [] };
+    // Own jobs, enqueued while inprogress, then finished before a worker takes them.
+    for (const id of ['done-own', 'failed-own']) await submit(id);
+    await store.finish(refOf('done-own'), 'completed');
+    await store.finish(refOf('failed-own'), 'failed', failure);
+    // A batch job carrying two terminal operations beside one to process.
+    const batch = ['done-batch', 'failed-batch', 'fresh-batch'];
+    await store.createMany(connection, batch, 'batch~terminal');
+    await store.finish(refOf('done-batch'), 'completed');
+    await store.finish(refOf('failed-batch'), 'failed', failure);
+    await queue.enqueueBatch('batch~terminal', batch.map(refOf));
     await submit('fresh');
+
+    const seen: string[] = [];
     startWorker(async ({ operation }) => void seen.push(operation.id));
     await terminal('fresh');
-    expect(seen).toEqual(['fresh']);
+    await terminal('fresh-batch');
+    // Every job handled, so none of them can still reach the processor.
+    await pollUntil(async () => Object.values(await queue.counts('waiting', 'active', 'delayed')).every((n) => n === 0), {
+      timeoutMs: 10_000,
+      what: 'every job to be handled',
+    });
+    expect(seen.sort()).toEqual(['fresh', 'fresh-batch']);
+    // And their statuses are the ones they had.
+    expect(await store.get(refOf('done-own'))).toMatchObject({ status: 'completed', error: null });
+    expect(await store.get(refOf('failed-batch'))).toMatchObject({ status: 'failed', error: failure });
   });
 
   it('completes operations with the built-in processor', async () => {

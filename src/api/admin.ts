@@ -16,7 +16,9 @@ export interface AdminOptions {
 }
 
 /**
- * Bull Board at /admin/queues, behind basic auth. Its assets are served from the installed
+ * Bull Board at /admin/queues, behind basic auth. A Hono app of its own, mounted by the API app
+ * (app.mount), not merged into its router: Bull Board's routes do not compile on Hono's
+ * RegExpRouter, and merged they would send every request to the slower TrieRouter. Its assets are served from the installed
  * @bull-board/ui package (the adapter resolves their absolute path), so they load whatever the
  * process's working directory.
  */
@@ -29,5 +31,9 @@ export function adminRoutes({ queues, user, password, readOnly }: AdminOptions):
   const app = new Hono();
   app.use('*', basicAuth({ username: user, password, realm: 'operations admin' }));
   app.route('/', board.registerPlugin());
+  // Its refusals (basic auth) go up to the API app, which answers them as Graph errors.
+  app.onError((error) => {
+    throw error;
+  });
   return app;
 }

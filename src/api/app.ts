@@ -23,7 +23,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.use(observeRequests(deps.log, deps.metrics));
   app.route('/', operatorRoutes(deps));
   app.route('/', openApiRoutes());
-  if (deps.admin) app.route(ADMIN_BASE_PATH, deps.admin);
+  if (deps.admin) app.mount(ADMIN_BASE_PATH, deps.admin.fetch);
 
   const operations = operationRoutes(deps);
   for (const base of OPERATION_BASES) {

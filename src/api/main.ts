@@ -1,3 +1,4 @@
+import '../load-env-file.js'; // first: reads .env before any other module runs
 import { runProcess } from '../shared/lifecycle.js';
 import { Metrics } from '../shared/metrics.js';
 import { startApi } from './server.js';

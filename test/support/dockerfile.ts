@@ -111,3 +111,22 @@ export function envOf(stage: Stage): Record<string, string> {
 export function instructionsOf(stage: Stage, keyword: string): Instruction[] {
   return stage.instructions.filter((instruction) => instruction.keyword === keyword);
 }
+
+/** Whether a .dockerignore (its text) keeps `path`, relative to the context, out of the build
+ *  context: Docker's rules as far as this repo uses them (last match wins, `!` re-includes, a
+ *  directory's rule covers what is inside it, `*` stays within one path segment). */
+export function dockerIgnored(dockerignore: string, path: string): boolean {
+  const rules = dockerignore
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '' && !line.startsWith('#'));
+  let ignored = false;
+  for (const rule of rules) {
+    const negated = rule.startsWith('!');
+    const pattern = (negated ? rule.slice(1) : rule).replace(/^\/+|\/+$/g, '');
+    if (/[?[\]\\]|\*\*/.test(pattern)) throw new Error(`.dockerignore: the tests do not read the pattern ${rule}`);
+    const regex = new RegExp(`^${pattern.split('*').map((part) => part.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('[^/]*')}(/.*)?$`);
+    if (regex.test(path)) ignored = !negated;
+  }
+  return ignored;
+}

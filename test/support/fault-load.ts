@@ -1,3 +1,5 @@
+import { sleep, withTimeout } from './wait.js';
+
 /**
  * Client-side load and probes for fault tests: every request is recorded with when it started,
  * when it settled and what it answered, so a test can look at exactly the requests made while a
@@ -105,17 +107,15 @@ export class CreateLoad {
     const seen = this.records.find(predicate);
     if (seen) return seen;
     let listener: ((record: RequestRecord) => void) | undefined;
-    let timer: NodeJS.Timeout | undefined;
     try {
-      return await new Promise<RequestRecord>((resolve, reject) => {
+      const found = new Promise<RequestRecord>((resolve) => {
         listener = (record) => {
           if (predicate(record)) resolve(record);
         };
         this.onRecord.add(listener);
-        timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last answers: ${JSON.stringify(this.records.slice(-5))}`)), timeoutMs);
       });
+      return await withTimeout(found, timeoutMs, () => `timed out after ${timeoutMs} ms waiting for ${what}; last answers: ${JSON.stringify(this.records.slice(-5))}`);
     } finally {
-      clearTimeout(timer);
       if (listener) this.onRecord.delete(listener);
     }
   }
@@ -138,7 +138,7 @@ export class CreateLoad {
       this.records.push(record);
       for (const listener of this.onRecord) listener(record);
       if (record.status === undefined || record.status >= 300) {
-        await new Promise((resolve) => setTimeout(resolve, pauseAfterErrorMs));
+        await sleep(pauseAfterErrorMs);
       }
     }
   }
@@ -162,7 +162,7 @@ export class Prober {
     this.loop = (async () => {
       while (this.running) {
         this.records.push(await timedRequest('probe', this.url, {}, this.timeoutMs));
-        await new Promise((resolve) => setTimeout(resolve, this.intervalMs));
+        await sleep(this.intervalMs);
       }
     })();
   }

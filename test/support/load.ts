@@ -1,5 +1,7 @@
-import { pollUntil, type ServiceProcess } from './processes.js';
+import type { RunningProcess } from './processes.js';
+import { pollUntil } from './wait.js';
 import type { ProcessorCall, ProcessorServer } from './processor-server.js';
+import { logMessage } from './log-messages.js';
 
 /**
  * Client-side helpers for process tests that create operations through a real API and check
@@ -56,11 +58,11 @@ export async function getStatus(baseUrl: string, token: string, connectionId: st
 }
 
 /** How many `operation finished` lines the workers logged per operation (connection/id). */
-export function finishLogCounts(workers: readonly ServiceProcess[]): Map<string, number> {
+export function finishLogCounts(workers: readonly RunningProcess[]): Map<string, number> {
   const counts = new Map<string, number>();
   for (const worker of workers) {
     for (const line of worker.logs) {
-      if (line.msg !== 'operation finished') continue;
+      if (line.msg !== logMessage('operation finished')) continue;
       const key = `${String(line.connectionId)}/${String(line.operationId)}`;
       counts.set(key, (counts.get(key) ?? 0) + 1);
     }
@@ -96,7 +98,7 @@ export interface KillMidLoad {
  */
 export function killWhenHolding(
   processor: ProcessorServer,
-  victim: ServiceProcess,
+  victim: RunningProcess,
   { afterCalls, lateAfterCalls }: { afterCalls: number; lateAfterCalls: number },
 ): { waitForKill(timeoutMs: number): Promise<KillMidLoad> } {
   let kill: KillMidLoad | undefined;

@@ -1,131 +1,226 @@
-import { fileURLToPath } from 'node:url';
-import { RunningProcess } from './child-process.js';
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { BUILT_ENTRYPOINTS, REPO_ROOT, SERVICE_BUILD_DIR } from './service-build.js';
 import { TEST_SECRET } from './context.js';
+import { pollUntil, sleep, withTimeout } from './wait.js';
+import { logMessage } from './log-messages.js';
 
 /**
- * Real service processes for end-to-end tests: spawn the API or a worker with `node --import tsx`
- * (the process id is node's own, so a signal reaches the service, not a wrapper), capture its
- * output, wait for readiness with a deadline, and kill whatever is left after a test.
+ * Child processes for tests: the service's own API and worker (compiled once per run, see
+ * test/support/service-build.ts), `npm run dev`, an image's command. One wrapper for all of
+ * them: output captured (and stdout read as pino JSON lines when it is), waits with deadlines,
+ * signals, and a kill for cleanup.
  */
 
-const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const ENTRYPOINTS = { api: 'src/api/main.ts', worker: 'src/worker/main.ts' } as const;
-export type ServiceRole = keyof typeof ENTRYPOINTS;
+/** How much of a child's output a failure message quotes. */
+const OUTPUT_TAIL_CHARS = 8000;
+/** How long after the exit a wait gives pipes a grandchild still holds to deliver the last output. */
+const LAST_OUTPUT_GRACE_MS = 200;
+/** A compiled entry point starts in about a second on an idle machine; this bounds a two-core
+ *  machine that other test files and other people's builds keep busy. */
+export const PROCESS_START_DEADLINE_MS = 30_000;
+
+export interface ExitInfo {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
 
 /** One pino JSON line of a child's stdout. */
 export type LogLine = Record<string, unknown> & { msg?: string; level?: number };
 
-interface LogWaiter {
-  predicate: (line: LogLine) => boolean;
-  resolve: (line: LogLine) => void;
-}
-
-/** The API or a worker run from source: a RunningProcess whose stdout is also read as pino
- *  JSON lines, so a test can wait for and count what the service logged. */
-export class ServiceProcess extends RunningProcess {
+export class RunningProcess {
+  readonly child: ChildProcess;
+  stdout = '';
+  stderr = '';
+  /** Every stdout line that is a JSON object (the service's pino lines), in order. */
   readonly logs: LogLine[] = [];
-  private partial = '';
-  private waiters: LogWaiter[] = [];
+  private partialLine = '';
+  private exitInfo: ExitInfo | undefined;
+  private readonly exited: Promise<ExitInfo>;
+  /** Resolves after the exit once the last output is in: 'close' comes when the pipes are
+   *  drained, unless a grandchild still holds them (then after a short grace). */
+  private readonly outputEnded: Promise<void>;
+  /** Called on every chunk of output. */
+  private readonly listeners = new Set<() => void>();
 
   constructor(
-    name: string,
-    readonly role: ServiceRole,
-    env: Record<string, string>,
+    readonly name: string,
+    command: string,
+    args: readonly string[],
+    options: Pick<SpawnOptions, 'cwd' | 'env' | 'detached'>,
+    /** Shown in output() headers: `api`, `worker`. */
+    readonly role?: string,
   ) {
-    super(name, process.execPath, ['--import', 'tsx', ENTRYPOINTS[role]], { cwd: REPO_ROOT, env });
+    this.child = spawn(command, args, { ...options, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child.stdout?.setEncoding('utf8').on('data', (chunk: string) => this.onOutput('stdout', chunk));
+    this.child.stderr?.setEncoding('utf8').on('data', (chunk: string) => this.onOutput('stderr', chunk));
+    const closed = new Promise<void>((resolve) => this.child.once('close', () => resolve()));
+    this.exited = new Promise((resolve) => {
+      this.child.once('exit', (code, signal) => {
+        this.exitInfo = { code, signal };
+        resolve(this.exitInfo);
+      });
+      // A spawn that fails (no such binary) never emits exit.
+      this.child.once('error', (error) => {
+        this.stderr += `spawn error: ${error.message}\n`;
+        this.exitInfo ??= { code: -1, signal: null };
+        resolve(this.exitInfo);
+      });
+    });
+    this.outputEnded = this.exited.then(() => Promise.race([closed, sleep(LAST_OUTPUT_GRACE_MS)]));
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  /** Undefined while the process runs. */
+  get exit(): ExitInfo | undefined {
+    return this.exitInfo;
+  }
+
+  /** The last part of stdout and stderr, for failure messages. */
+  output(): string {
+    const tail = (text: string) => (text.length > OUTPUT_TAIL_CHARS ? `…${text.slice(-OUTPUT_TAIL_CHARS)}` : text);
+    const state = this.exitInfo ? `exited ${JSON.stringify(this.exitInfo)}` : 'running';
+    const label = this.role ? `${this.role}, pid ${this.pid}` : `pid ${this.pid}`;
+    return `--- ${this.name} (${label}, ${state}) stdout:\n${tail(this.stdout)}\n--- ${this.name} stderr:\n${tail(this.stderr)}`;
+  }
+
+  /** Resolves with the first match of `pattern` in stdout (already written or still to come);
+   *  rejects when the process exits first or the deadline passes. */
+  waitForOutput(pattern: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
+    return this.waitUntil(() => this.stdout.match(pattern) ?? undefined, timeoutMs, `print ${pattern}`);
   }
 
   /** Resolves with the first log line (already written or still to come) that matches; rejects
    *  when the process exits first or the deadline passes. */
-  async waitForLog(predicate: (line: LogLine) => boolean, timeoutMs: number, what = 'a matching log line'): Promise<LogLine> {
-    const seen = this.logs.find(predicate);
-    if (seen) return seen;
-    let waiter: LogWaiter | undefined;
-    let timer: NodeJS.Timeout | undefined;
+  waitForLog(predicate: (line: LogLine) => boolean, timeoutMs: number, what = 'a matching log line'): Promise<LogLine> {
+    return this.waitUntil(() => this.logs.find(predicate), timeoutMs, `log ${what}`);
+  }
+
+  /** Resolves with the exit code and signal; rejects when the process still runs at the deadline. */
+  waitForExit(timeoutMs: number): Promise<ExitInfo> {
+    return withTimeout(this.exited, timeoutMs, () => `${this.name} still runs ${timeoutMs} ms later\n${this.output()}`);
+  }
+
+  /** Sends a signal when the process still runs; true when it was sent. */
+  signal(signal: NodeJS.Signals): boolean {
+    if (this.exitInfo || this.child.exitCode !== null || this.child.signalCode !== null) return false;
+    return this.child.kill(signal);
+  }
+
+  /** SIGKILL (when still running) and wait for the exit. */
+  async kill(): Promise<void> {
+    this.signal('SIGKILL');
+    await this.exited;
+  }
+
+  /** Resolves with what `find` finds in the output so far or to come; rejects when the process
+   *  exits without it, or at the deadline. `what` completes "<name> did not …". */
+  private async waitUntil<T>(find: () => T | undefined, timeoutMs: number, what: string): Promise<T> {
+    let listener: (() => void) | undefined;
     try {
-      return await Promise.race([
-        new Promise<LogLine>((resolve) => {
-          waiter = { predicate, resolve };
-          this.waiters.push(waiter);
-        }),
-        this.exited.then((info) => {
-          throw new Error(`${this.name} exited (${JSON.stringify(info)}) before logging ${what}\n${this.output()}`);
-        }),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new Error(`${this.name} did not log ${what} within ${timeoutMs} ms\n${this.output()}`)),
-            timeoutMs,
-          );
-        }),
-      ]);
+      const found = new Promise<T>((resolve, reject) => {
+        let exitSeen = false;
+        listener = () => {
+          const value = find();
+          if (value !== undefined) resolve(value);
+          else if (exitSeen) reject(new Error(`${this.name} exited (${JSON.stringify(this.exitInfo)}) and did not ${what}\n${this.output()}`));
+        };
+        this.listeners.add(listener);
+        void this.outputEnded.then(() => {
+          exitSeen = true;
+          listener?.();
+        });
+        listener();
+      });
+      return await withTimeout(found, timeoutMs, () => `${this.name} did not ${what} within ${timeoutMs} ms\n${this.output()}`);
     } finally {
-      clearTimeout(timer);
-      this.waiters = this.waiters.filter((w) => w !== waiter);
+      if (listener) this.listeners.delete(listener);
     }
   }
 
-  protected override label(): string {
-    return `${this.role}, ${super.label()}`;
+  private onOutput(stream: 'stdout' | 'stderr', chunk: string): void {
+    this[stream] += chunk;
+    if (stream === 'stdout') this.readLogLines(chunk);
+    for (const listener of [...this.listeners]) listener();
   }
 
-  protected override onOutput(stream: 'stdout' | 'stderr', chunk: string): void {
-    super.onOutput(stream, chunk);
-    if (stream !== 'stdout') return;
-    const text = this.partial + chunk;
-    const lines = text.split('\n');
-    this.partial = lines.pop() ?? '';
+  private readLogLines(chunk: string): void {
+    const lines = (this.partialLine + chunk).split('\n');
+    this.partialLine = lines.pop() ?? '';
     for (const raw of lines) {
       if (!raw.startsWith('{')) continue;
-      let line: LogLine;
       try {
-        line = JSON.parse(raw) as LogLine;
+        this.logs.push(JSON.parse(raw) as LogLine);
       } catch {
-        continue;
+        // not JSON after all: it stays in stdout only
       }
-      this.logs.push(line);
-      for (const waiter of this.waiters) if (waiter.predicate(line)) waiter.resolve(line);
     }
   }
 }
 
+/** Whether a process with this pid exists (signal 0 probes without signalling). */
+export function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export type ServiceRole = keyof typeof BUILT_ENTRYPOINTS;
+
 /**
- * The processes of one test: starts them, knows them all for failure messages, and kills every
- * one that is still alive when the test ends.
+ * Starts a compiled entry point of the service with `node` itself (the process id is node's, so
+ * a signal reaches the service, not a wrapper). The working directory is the build directory,
+ * which has no .env: the process sees `env` and nothing else.
+ */
+export function startService(name: string, role: ServiceRole, env: Record<string, string>, cwd = SERVICE_BUILD_DIR): RunningProcess {
+  return new RunningProcess(name, process.execPath, [BUILT_ENTRYPOINTS[role]], { cwd, env }, role);
+}
+
+/** tsx's loader, as a URL `node --import` takes from any working directory. */
+const TSX_LOADER = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href;
+
+/**
+ * Runs one of the repository's scripts (`scripts/dev.ts`) as its npm script does, minus npm's and
+ * tsx's own wrapper processes: `node --import tsx`, so a signal reaches the script itself.
+ */
+export function startScript(name: string, script: string, args: readonly string[], options: { env: Record<string, string>; cwd: string }): RunningProcess {
+  return new RunningProcess(name, process.execPath, ['--import', TSX_LOADER, join(REPO_ROOT, script), ...args], options);
+}
+
+/**
+ * The service processes of one test: starts them, knows them all for failure messages, and
+ * kills every one that is still alive when the test ends.
  */
 export class ProcessGroup {
-  private readonly processes: ServiceProcess[] = [];
+  private readonly processes: RunningProcess[] = [];
 
   constructor(private readonly baseEnv: Record<string, string>) {}
 
   /** Spawns the API and resolves once `GET /readyz` answers 200. */
-  async startApi(name: string, port: number, env: Record<string, string> = {}, timeoutMs = 15_000): Promise<ServiceProcess> {
+  async startApi(name: string, port: number, env: Record<string, string> = {}, timeoutMs = PROCESS_START_DEADLINE_MS): Promise<RunningProcess> {
     const api = this.spawn(name, 'api', { PORT: String(port), ...env });
-    const url = `http://127.0.0.1:${port}/readyz`;
-    await pollUntil(
-      async () => {
-        if (api.exit) throw new Error(`${name} exited (${JSON.stringify(api.exit)}) before it was ready\n${api.output()}`);
-        try {
-          const response = await fetch(url, { signal: AbortSignal.timeout(1000) });
-          await response.body?.cancel();
-          return response.status === 200;
-        } catch {
-          return false;
-        }
-      },
-      { timeoutMs, intervalMs: 50, what: `${name} to answer 200 on ${url}`, context: () => api.output() },
-    );
+    await waitUntilReady(api, `http://127.0.0.1:${port}/readyz`, timeoutMs);
     return api;
   }
 
   /** Spawns a worker and resolves once it logs `worker started`. */
-  async startWorker(name: string, env: Record<string, string> = {}, timeoutMs = 15_000): Promise<ServiceProcess> {
+  async startWorker(name: string, env: Record<string, string> = {}, timeoutMs = PROCESS_START_DEADLINE_MS): Promise<RunningProcess> {
     const worker = this.spawn(name, 'worker', env);
-    await worker.waitForLog((line) => line.msg === 'worker started', timeoutMs, "'worker started'");
+    const started = logMessage('worker started');
+    await worker.waitForLog((line) => line.msg === started, timeoutMs, `'${started}'`);
     return worker;
   }
 
-  spawn(name: string, role: ServiceRole, env: Record<string, string> = {}): ServiceProcess {
-    const child = new ServiceProcess(name, role, { ...this.baseEnv, ...env });
+  spawn(name: string, role: ServiceRole, env: Record<string, string> = {}): RunningProcess {
+    const child = startService(name, role, { ...this.baseEnv, ...env });
     this.processes.push(child);
     return child;
   }
@@ -140,8 +235,25 @@ export class ProcessGroup {
   }
 }
 
+/** Resolves once `url` (a `/readyz`) answers 200; rejects when `service` exits first or at the deadline. */
+export async function waitUntilReady(service: RunningProcess, url: string, timeoutMs = PROCESS_START_DEADLINE_MS): Promise<void> {
+  await pollUntil(
+    async () => {
+      if (service.exit) throw new Error(`${service.name} exited (${JSON.stringify(service.exit)}) before it was ready\n${service.output()}`);
+      try {
+        const response = await fetch(url, { signal: AbortSignal.timeout(1000) });
+        await response.body?.cancel();
+        return response.status === 200;
+      } catch {
+        return false;
+      }
+    },
+    { timeoutMs, intervalMs: 50, what: `${service.name} to answer 200 on ${url}`, context: () => service.output() },
+  );
+}
+
 /**
- * The environment a spawned service gets: only what it needs (PATH and HOME for node), so
+ * The environment a spawned process gets: only what it needs (PATH and HOME for node), so
  * nothing from the test runner's environment (a REDIS_URL, a PROCESSOR_MODULE) leaks in.
  */
 export function serviceEnv(vars: Record<string, string>): Record<string, string> {
@@ -180,30 +292,6 @@ export const fastRecoveryEnv: Readonly<Record<string, string>> = Object.fromEntr
 /** The retention the services run with (OPERATION_RETENTION_SECONDS' default, 7 days), for a
  *  test's own OperationStore on their keys. */
 export const SERVICE_RETENTION_MS = 7 * 24 * 60 * 60 * 1000;
-
-export interface PollOptions {
-  timeoutMs: number;
-  intervalMs?: number;
-  /** Completes "timed out waiting for …". */
-  what: string;
-  /** Appended to the timeout message (process output, last observed state). */
-  context?: () => string | Promise<string>;
-}
-
-/** Calls `check` until it returns something other than false/undefined, or the deadline passes. */
-export async function pollUntil<T>(check: () => Promise<T | false | undefined> | T | false | undefined, options: PollOptions): Promise<T> {
-  const { timeoutMs, intervalMs = 50, what, context } = options;
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== false && value !== undefined) return value;
-    if (Date.now() > deadline) {
-      const extra = context ? `\n${await context()}` : '';
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${extra}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, intervalMs));
-  }
-}
 
 /** Runs `task` over `items` with at most `concurrency` running at once; results keep the order. */
 export async function mapWithConcurrency<I, O>(items: readonly I[], concurrency: number, task: (item: I, index: number) => Promise<O>): Promise<O[]> {

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { freePort } from '../../scripts/lib/free-port.js';
 import { waitForPing } from '../../scripts/lib/redis-server.js';
+import { pollUntil, withTimeout } from './wait.js';
 
 /**
  * A real Redis Cluster of three masters (no replicas) on free loopback ports, each node a
@@ -111,21 +112,15 @@ async function runRedisCli(args: string[], timeoutMs: number): Promise<string> {
   let output = '';
   child.stdout.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
-  let timer: NodeJS.Timeout | undefined;
   try {
-    const code = await Promise.race([
-      new Promise<number | null>((resolve, reject) => {
-        child.once('exit', resolve);
-        child.once('error', reject);
-      }),
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`redis-cli ${args.join(' ')} still runs after ${timeoutMs} ms\n${output}`)), timeoutMs);
-      }),
-    ]);
+    const exited = new Promise<number | null>((resolve, reject) => {
+      child.once('exit', resolve);
+      child.once('error', reject);
+    });
+    const code = await withTimeout(exited, timeoutMs, () => `redis-cli ${args.join(' ')} still runs after ${timeoutMs} ms\n${output}`);
     if (code !== 0) throw new Error(`redis-cli ${args.join(' ')} exited ${code}\n${output}`);
     return output;
   } finally {
-    clearTimeout(timer);
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   }
 }
@@ -135,20 +130,19 @@ async function runRedisCli(args: string[], timeoutMs: number): Promise<string> {
 async function waitUntilClusterOk(nodes: ClusterNode[], timeoutMs: number): Promise<[number, number, number][]> {
   const clients = nodes.map((node) => new Redis({ port: node.port, host: '127.0.0.1', maxRetriesPerRequest: 1 }));
   for (const client of clients) client.on('error', () => {});
-  const deadline = Date.now() + timeoutMs;
   let last = '';
   try {
-    for (;;) {
-      const infos = await Promise.all(clients.map((client) => client.call('CLUSTER', 'INFO') as Promise<string>));
-      last = infos.join('\n---\n');
-      const ok = infos.every((info) => /cluster_state:ok/.test(info) && new RegExp(`cluster_known_nodes:${nodes.length}\\b`).test(info));
-      if (ok) {
+    return await pollUntil(
+      async () => {
+        const infos = await Promise.all(clients.map((client) => client.call('CLUSTER', 'INFO') as Promise<string>));
+        last = infos.join('\n---\n');
+        const ok = infos.every((info) => /cluster_state:ok/.test(info) && new RegExp(`cluster_known_nodes:${nodes.length}\\b`).test(info));
+        if (!ok) return undefined;
         const ranges = (await clients[0]!.call('CLUSTER', 'SLOTS')) as [number, number, [string, number, string]][];
-        return ranges.map(([from, to, [, port]]) => [from, to, port]);
-      }
-      if (Date.now() > deadline) throw new Error(`the cluster was not ok on every node within ${timeoutMs} ms:\n${last}`);
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+        return ranges.map(([from, to, [, port]]): [number, number, number] => [from, to, port]);
+      },
+      { timeoutMs, intervalMs: 100, what: 'the cluster to be ok on every node', context: () => last },
+    );
   } finally {
     for (const client of clients) client.disconnect();
   }

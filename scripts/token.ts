@@ -1,11 +1,14 @@
+import '../src/load-env-file.js'; // first: reads .env, as the service does
 import { parseArgs } from 'node:util';
 import { SignJWT } from 'jose';
-import { loadConfig } from '../shared/config.js';
+import { loadConfig } from '../src/shared/config.js';
 
 /**
  * `npm run token -- --scope ExternalConnection.ReadWrite.All --tenant <guid>` prints an HS256
  * token signed with AUTH_JWT_SECRET (and carrying AUTH_AUDIENCE/AUTH_ISSUER when set), for
- * trying the API with curl. A developer convenience, not an identity provider.
+ * trying the API with curl. A developer convenience, not an identity provider: a script run with
+ * tsx, not part of the build. Like the service, it reads .env from the working directory, and
+ * the shell's variables win over it.
  */
 const { values } = parseArgs({
   options: {
