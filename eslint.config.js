@@ -1,5 +1,6 @@
 // @ts-check
 import js from '@eslint/js';
+import globals from 'globals';
 import tseslint from 'typescript-eslint';
 
 /**
@@ -8,11 +9,12 @@ import tseslint from 'typescript-eslint';
  * included; api and worker apart) is dependency-cruiser's job: .dependency-cruiser.cjs.
  */
 export default tseslint.config(
-  { ignores: ['dist/**', 'bench/results/**', 'node_modules/**', 'coverage/**'] },
+  { ignores: ['dist/**', '.test-dist/**', 'bench/results/**', 'node_modules/**', 'coverage/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {
     languageOptions: {
+      globals: globals.node,
       parserOptions: {
         projectService: { allowDefaultProject: ['*.js', '*.ts', 'bench/lib/*.mjs'] },
         tsconfigRootDir: import.meta.dirname,

@@ -212,7 +212,7 @@ describe('POST operations', () => {
       headers: { 'content-type': 'application/json' },
       body: stream,
       duplex: 'half',
-    } as RequestInit);
+    });
     await expectGraphError(chunked, 413, 'requestEntityTooLarge');
   });
 

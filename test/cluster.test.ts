@@ -385,7 +385,7 @@ describe('the service processes on the cluster with six queue shards', () => {
 
     const filtered = async (status: string) => {
       const query = new URLSearchParams({ $filter: `status eq '${status}'`, $count: 'true', $top: '999' });
-      const response = await fetch(`${baseUrl}/external/connections/${connectionId}/operations?${query}`, { headers });
+      const response = await fetch(`${baseUrl}/external/connections/${connectionId}/operations?${query.toString()}`, { headers });
       expect(response.status).toBe(200);
       return (await response.json()) as Page;
     };
@@ -485,7 +485,7 @@ describe('the eviction check on the cluster', () => {
     await nodeClients[1]!.config('SET', 'maxmemory-policy', 'allkeys-lru');
     try {
       await warnUnlessNoEviction(redis, log);
-      expect(warnings).toEqual([{ obj: { policy: 'allkeys-lru', node: `127.0.0.1:${lax.port}` }, msg: expect.stringMatching(/noeviction/) }]);
+      expect(warnings).toEqual([{ obj: { policy: 'allkeys-lru', node: `127.0.0.1:${lax.port}` }, msg: expect.stringMatching(/noeviction/) as string }]);
     } finally {
       await nodeClients[1]!.config('SET', 'maxmemory-policy', 'noeviction');
     }

@@ -72,7 +72,7 @@ async function runPrintedCommands(process_: RunningProcess, token: string): Prom
     },
     { timeoutMs: START_DEADLINE_MS, intervalMs: 100, what: 'the printed operation to complete', context: () => process_.output() },
   );
-  expect(completed).toMatchObject({ id: JSON.parse(createBody!).id, status: 'completed' });
+  expect(completed).toMatchObject({ id: (JSON.parse(createBody!) as { id: string }).id, status: 'completed' });
 }
 
 afterEach(async () => {

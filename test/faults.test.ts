@@ -149,7 +149,7 @@ async function deploy({
     prefix,
     ...(apiProcess ? { api: apiProcess } : {}),
     baseUrl: `http://127.0.0.1:${apiPort}`,
-    workers: workerProcesses as RunningProcess[],
+    workers: workerProcesses,
     workerHealth: healthPorts.map((port) => `http://127.0.0.1:${port}`),
   };
 }

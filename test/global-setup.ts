@@ -48,7 +48,7 @@ async function setUpRedis(project: TestProject): Promise<() => Promise<void>> {
   const server: RedisServer = await startRedisServer();
   project.provide('redisUrl', server.url);
   console.log(`[test setup] Redis: started redis-server on ${server.url}; no Docker engine answered and REDIS_URL ${fromEnv ? 'did not answer' : 'is not set'}`);
-  return server.destroy;
+  return () => server.destroy();
 }
 
 async function startContainerIfDockerAnswers(): Promise<{ url: string; stop: () => Promise<void> } | undefined> {

@@ -39,7 +39,7 @@ async function failJob(operationId: string, reason: string) {
   try {
     const job = await manual.getNextJob('token');
     expect(job?.id).toBe(jobIdOf(ref(operationId)));
-    await job!.moveToFailed(new Error(reason), 'token', false);
+    await job.moveToFailed(new Error(reason), 'token', false);
   } finally {
     await manual.close();
   }
@@ -149,7 +149,7 @@ describe('Reconciler.sweep', () => {
         while (Date.now() < until) {
           pageReads[who] = { first: 0, last: 0 };
           const result = await reconciler.sweep();
-          const { first, last } = pageReads[who]!;
+          const { first, last } = pageReads[who];
           if (result.ran) sweeps.push({ who, start: first, end: last, connections: result.connections, enqueued: result.enqueued });
           else await new Promise((resolve) => setTimeout(resolve, 1));
         }

@@ -72,12 +72,12 @@ export async function driveToTerminal(ctx: BenchContext, system: System, options
   );
 
   let lastSample = 0;
-  let done = 0;
-  let finished = Number.NaN;
-  let end = { api: 0, worker: 0, redis: 0, bench: 0, otherLoadPct: 0 };
+  let done: number;
+  let finished: number;
+  let end: { api: number; worker: number; redis: number; bench: number; otherLoadPct: number };
   const deadline = started + timeoutMs;
   for (;;) {
-    if (loadError) throw loadError;
+    if (loadError) throw asError(loadError);
     system.api?.assertRunning();
     system.worker?.assertRunning();
     done = (await system.terminal(connectionId)) - before;
@@ -106,7 +106,7 @@ export async function driveToTerminal(ctx: BenchContext, system: System, options
   }
   // The load's own result (counts, the time of its last response) arrives up to a second later.
   await producing.catch(() => undefined);
-  if (loadError) throw loadError;
+  if (loadError) throw asError(loadError);
   const terminalCount = Math.max(done, 1);
   const totalS = (finished - started) / 1000;
   return {
@@ -123,4 +123,8 @@ export async function driveToTerminal(ctx: BenchContext, system: System, options
     },
     otherLoadPct: end.otherLoadPct,
   };
+}
+
+function asError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
 }
