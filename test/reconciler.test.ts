@@ -127,6 +127,8 @@ describe('Reconciler.sweep', () => {
       return client;
     }));
     const sweeps: { who: number; start: number; end: number; connections: number; enqueued: number }[] = [];
+    /** Sweeps refused because the other reconciler held the lock: proof that they competed. */
+    let refused = 0;
     // When each sweep read registry pages: only while it holds the lock. These spans must not
     // overlap (the call's own start and end also include waiting for and releasing the lock).
     const pageReads: { first: number; last: number }[] = [{ first: 0, last: 0 }, { first: 0, last: 0 }];
@@ -151,7 +153,10 @@ describe('Reconciler.sweep', () => {
           const result = await reconciler.sweep();
           const { first, last } = pageReads[who];
           if (result.ran) sweeps.push({ who, start: first, end: last, connections: result.connections, enqueued: result.enqueued });
-          else await new Promise((resolve) => setTimeout(resolve, 1));
+          else {
+            refused++;
+            await new Promise((resolve) => setTimeout(resolve, 1));
+          }
         }
       }));
       await Promise.all(reconcilers.map(({ ownQueue }) => ownQueue.close()));
@@ -160,7 +165,9 @@ describe('Reconciler.sweep', () => {
     }
     const durations = sweeps.map((sweep) => sweep.end - sweep.start).sort((a, b) => a - b);
     console.log(`[reconciler] ${sweeps.length} sweeps of 10,000 connections in 4 s by 2 sweepers; ms per sweep: median ${durations[durations.length >> 1]!.toFixed(0)}, max ${durations.at(-1)!.toFixed(0)}`);
-    expect(new Set(sweeps.map((sweep) => sweep.who)).size).toBe(2);
+    // Which of the two wins the lock is up to the scheduler (one may win every time on a busy
+    // machine); that they tried at the same time is what the overlap check needs.
+    expect(refused).toBeGreaterThan(0);
     expect(sweeps.every((sweep) => sweep.connections >= 10_000)).toBe(true);
     expect(sweeps.reduce((sum, sweep) => sum + sweep.enqueued, 0)).toBe(20);
     const ordered = [...sweeps].sort((a, b) => a.start - b.start);
