@@ -2,13 +2,12 @@ import { DelayedError, WaitingError, Worker, type Job } from 'bullmq';
 import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
-import type { ErrorDetail, OperationRef, TerminalStatus } from '../shared/operation.js';
+import type { OperationRef } from '../shared/operation.js';
 import { isBatch, queueName, type BatchJobData, type JobData, type OperationJobData, type OperationQueue } from '../shared/queue.js';
 import type { RedisClient } from '../shared/redis.js';
 import type { OperationStore } from '../shared/store.js';
-import { Attempts, type HeldAttempt } from './attempts.js';
-import { exhaustedFailure, interruptedFailure, permanentFailureOf, type Processor } from './processor.js';
-import { Semaphore } from './semaphore.js';
+import { createOperationRunner } from './operation-runner.js';
+import type { Processor } from './processor.js';
 
 export interface WorkerDeps {
   /** A consumer connection (`maxRetriesPerRequest: null`); BullMQ duplicates it for blocking. */
@@ -33,16 +32,6 @@ export interface WorkerDeps {
 /** After aborting the processors at the shutdown deadline, how long to wait for them to return
  *  before giving up on them (their jobs then stall and run again elsewhere). */
 const ABORT_GRACE_MS = 2000;
-/** A job that finds another holder on an operation looks again this long after its lease ends. */
-const LEASE_MARGIN_MS = 100;
-
-/** What one attempt decided. `interrupted`: this process's shutdown aborted the processor. */
-type Outcome = { status: TerminalStatus; error?: ErrorDetail } | { retry: unknown } | { interrupted: unknown };
-
-/** How an operation left the job that ran it: finished with it (terminal, or carried on by
- *  another job), to run again in this same job (shutdown), or to look at again after `delayMs`
- *  (a retry's backoff, or another holder's lease). */
-type Ended = 'done' | 'interrupted' | { againInMs: number };
 
 export interface OperationWorker {
   /** One BullMQ worker per queue shard. */
@@ -62,8 +51,9 @@ export interface OperationWorker {
  * tick) and an operation's own job (a retry, or a re-enqueue by the reconciler). Inside either,
  * every operation stands on its own: its attempt is claimed on the operation record before the
  * processor is called (attempts counted there, whatever job carries it; one holder at a time),
- * and what it decided is written the moment it ends, whatever its siblings still do. An operation
- * of a batch that must try again leaves the batch for its own job.
+ * and what it decided is written the moment it ends, whatever its siblings still do
+ * (operation-runner.ts). An operation of a batch that must try again leaves the batch for its
+ * own job.
  *
  * Processor slots: WORKER_CONCURRENCY processor calls at once per process, whatever jobs they
  * belong to. Each shard's BullMQ worker holds up to WORKER_CONCURRENCY jobs, and every job it
@@ -73,108 +63,8 @@ export interface OperationWorker {
  */
 export function createWorker({ connection, store, queue, processor, config, log, metrics: processMetrics }: WorkerDeps): OperationWorker {
   const metrics = processMetrics?.workerSeries();
-  const slots = new Semaphore(config.WORKER_CONCURRENCY);
-  const attempts = new Attempts(
-    store,
-    {
-      leaseMs: config.WORKER_LOCK_DURATION_MS,
-      attempts: config.OPERATION_ATTEMPTS,
-      exhausted: interruptedFailure(config.OPERATION_ATTEMPTS),
-    },
-    log,
-  );
-  /** Set when close() begins: no new attempt starts, the job goes back to the queue. */
-  let draining = false;
-  /** Set at the shutdown deadline, when the attempts in flight are aborted. */
-  let aborted = false;
+  const operations = createOperationRunner({ store, queue, processor, config, log, ...(metrics ? { metrics } : {}) });
   let jobsHeld = 0;
-
-  /** Calls the processor once; never throws. */
-  async function callProcessor(ref: OperationRef, held: HeldAttempt): Promise<Outcome> {
-    try {
-      await processor({
-        tenantId: ref.tenantId,
-        connectionId: ref.connectionId,
-        operation: { id: ref.operationId, status: 'inprogress', error: null },
-        attempt: held.attempt,
-        // Read on demand: the attempt makes its AbortController only for a processor that asks.
-        get signal() {
-          return held.signal;
-        },
-      });
-      return { status: 'completed' };
-    } catch (error) {
-      // Aborted by this worker's own shutdown (SHUTDOWN_TIMEOUT_MS passed): the processor did not
-      // fail, we stopped waiting for it. So the attempt is given back, not counted as a failure
-      // (which would spend an attempt, or fail the operation on its last one).
-      if (aborted && held.signal.aborted) return { interrupted: error };
-      const permanent = permanentFailureOf(error);
-      if (permanent) return { status: 'failed', error: permanent };
-      if (held.attempt >= config.OPERATION_ATTEMPTS) return { status: 'failed', error: exhaustedFailure(error, held.attempt) };
-      return { retry: error };
-    }
-  }
-
-  /**
-   * One attempt of one operation, for job `jobId` ('' for the operation's own job): claimed in a
-   * processor slot, then run, then its outcome written at once. A Redis failure throws, and
-   * BullMQ retries the job; the claim keeps that from running an attempt twice at once.
-   */
-  async function runOperation(ref: OperationRef, jobId: string): Promise<Ended> {
-    const { operationId, connectionId } = ref;
-    const ran = await slots.run(async () => {
-      // Once shutdown begins no attempt starts: the job goes back to the queue for another worker.
-      if (draining) return undefined;
-      const claim = await attempts.claim(ref, jobId);
-      if (claim.kind !== 'claimed') return { claim };
-      if (draining) {
-        await attempts.record(ref, claim.holder, { status: 'interrupted' });
-        return undefined;
-      }
-      const started = performance.now();
-      const outcome = await callProcessor(ref, claim);
-      return { claim, outcome, seconds: (performance.now() - started) / 1000 };
-    });
-    if (!ran) return 'interrupted';
-    const { claim } = ran;
-    if (claim.kind === 'busy') {
-      log.info({ operationId, connectionId, leaseLeftMs: claim.leaseLeftMs }, 'another worker holds this operation; looking again when its lease ends');
-      return { againInMs: claim.leaseLeftMs + LEASE_MARGIN_MS };
-    }
-    if (claim.kind === 'exhausted') {
-      metrics?.finished('failed', 'processingInterrupted');
-      log.warn({ operationId, connectionId, attempts: claim.attempts }, 'operation failed: its attempts are spent and the last one never reported');
-      return 'done';
-    }
-    if (claim.kind !== 'claimed' || !ran.outcome) {
-      log.debug({ operationId, connectionId, claim: claim.kind }, 'operation not run: terminal, missing, or carried by another job');
-      return 'done';
-    }
-
-    const { outcome, seconds = 0 } = ran;
-    const { attempt, holder } = claim;
-    const durationMs = Math.round(seconds * 1000);
-    if ('interrupted' in outcome) {
-      await attempts.record(ref, holder, { status: 'interrupted' });
-      log.warn({ operationId, connectionId, attempt, durationMs, err: outcome.interrupted }, 'operation interrupted by shutdown; its job returns to the queue');
-      return 'interrupted';
-    }
-    if ('retry' in outcome) {
-      const result = await attempts.record(ref, holder, { status: 'retry' });
-      metrics?.processingDuration.observe({ outcome: 'retry' }, seconds);
-      log.info({ operationId, connectionId, attempt, durationMs, status: 'retrying', err: outcome.retry, result }, 'operation attempt failed; will retry');
-      return result === 'finished' ? { againInMs: queue.backoffAfter(attempt) } : 'done';
-    }
-    const result = await attempts.record(ref, holder, { status: outcome.status, error: outcome.error });
-    if (result !== 'finished') {
-      log.warn({ operationId, connectionId, attempt, durationMs, result }, 'outcome not recorded: the operation was already terminal, or its lease was taken over');
-    } else {
-      metrics?.processingDuration.observe({ outcome: outcome.status }, seconds);
-      metrics?.finished(outcome.status, outcome.error?.errorCode);
-      log.info({ operationId, connectionId, attempt, durationMs, status: outcome.status, errorCode: outcome.error?.errorCode }, 'operation finished');
-    }
-    return 'done';
-  }
 
   /** Back to the front of the wait list without failing; the WaitingError tells BullMQ the job
    *  was moved. (The connection is still open: worker.close() waits for running jobs.) */
@@ -184,7 +74,7 @@ export function createWorker({ connection, store, queue, processor, config, log,
   }
 
   async function runOwnJob(job: Job<OperationJobData>, token: string | undefined): Promise<void> {
-    const ended = await runOperation(job.data, '');
+    const ended = await operations.run(job.data, '');
     if (ended === 'interrupted') await requeue(job, token);
     if (typeof ended === 'object') {
       await job.moveToDelayed(Date.now() + ended.againInMs, token);
@@ -198,7 +88,7 @@ export function createWorker({ connection, store, queue, processor, config, log,
     const batchJobId = job.id!;
     const settled = await Promise.allSettled(
       job.data.batch.map(async (ref) => {
-        const ended = await runOperation(ref, batchJobId);
+        const ended = await operations.run(ref, batchJobId);
         if (typeof ended === 'object') await continueOnOwnJob(ref, batchJobId, ended.againInMs);
         return ended;
       }),
@@ -248,19 +138,18 @@ export function createWorker({ connection, store, queue, processor, config, log,
   });
 
   async function close(timeoutMs: number): Promise<void> {
-    draining = true;
+    operations.drain();
     const closing = Promise.all(workers.map((worker) => worker.close()));
     if ((await within(closing, timeoutMs)) === 'timeout') {
       log.warn({ timeoutMs }, 'jobs still running at the shutdown deadline; aborting them');
-      aborted = true;
-      attempts.abortAll(new Error('The worker is shutting down.'));
+      operations.abort();
       // BullMQ's close waits for running jobs even when forced; a processor that ignores the
       // abort signal is left behind after a grace period, and its job stalls and reruns elsewhere.
       if ((await within(closing, ABORT_GRACE_MS)) === 'timeout') {
         log.error({ graceMs: ABORT_GRACE_MS }, 'a processor ignored the abort signal; leaving its job to the stalled check');
       }
     }
-    attempts.stop();
+    operations.stop();
   }
   return { workers, jobsHeld: () => jobsHeld, close };
 }

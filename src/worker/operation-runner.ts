@@ -1,0 +1,157 @@
+import type { Config } from '../shared/config.js';
+import type { Logger } from '../shared/logger.js';
+import type { WorkerSeries } from '../shared/metrics.js';
+import type { ErrorDetail, OperationRef, TerminalStatus } from '../shared/operation.js';
+import type { OperationQueue } from '../shared/queue.js';
+import type { OperationStore } from '../shared/store.js';
+import { Attempts, type HeldAttempt } from './attempts.js';
+import { exhaustedFailure, interruptedFailure, permanentFailureOf, type Processor } from './processor.js';
+import { Semaphore } from './semaphore.js';
+
+export interface OperationRunnerDeps {
+  store: OperationStore;
+  queue: Pick<OperationQueue, 'backoffAfter'>;
+  processor: Processor;
+  config: Pick<Config, 'OPERATION_ATTEMPTS' | 'WORKER_CONCURRENCY' | 'WORKER_LOCK_DURATION_MS'>;
+  log: Logger;
+  metrics?: WorkerSeries;
+}
+
+/** A job that finds another holder on an operation looks again this long after its lease ends. */
+const LEASE_MARGIN_MS = 100;
+
+/** What one attempt decided. `interrupted`: this process's shutdown aborted the processor. */
+type Outcome = { status: TerminalStatus; error?: ErrorDetail } | { retry: unknown } | { interrupted: unknown };
+
+/** How an operation left the job that ran it: finished with it (terminal, or carried on by
+ *  another job), to run again in this same job (shutdown), or to look at again after
+ *  `againInMs` (a retry's backoff, or another holder's lease). */
+export type Ended = 'done' | 'interrupted' | { againInMs: number };
+
+export interface OperationRunner {
+  /** One attempt of one operation, for job `jobId` ('' for the operation's own job). */
+  run(ref: OperationRef, jobId: string): Promise<Ended>;
+  /** No attempt starts from now on (shutdown began). */
+  drain(): void;
+  /** Aborts the attempts in flight (the shutdown deadline passed); they are given back. */
+  abort(): void;
+  stop(): void;
+}
+
+/**
+ * One attempt of one operation, whatever job carries it: claimed in a processor slot (attempts
+ * counted on the operation, one holder at a time), run, and its outcome written the moment it
+ * ends. WORKER_CONCURRENCY processor calls at once per process, whatever jobs they belong to.
+ * A Redis failure throws, and BullMQ retries the job; the claim keeps that from running an
+ * attempt twice at once.
+ */
+export function createOperationRunner({ store, queue, processor, config, log, metrics }: OperationRunnerDeps): OperationRunner {
+  const slots = new Semaphore(config.WORKER_CONCURRENCY);
+  const attempts = new Attempts(
+    store,
+    {
+      leaseMs: config.WORKER_LOCK_DURATION_MS,
+      attempts: config.OPERATION_ATTEMPTS,
+      exhausted: interruptedFailure(config.OPERATION_ATTEMPTS),
+    },
+    log,
+  );
+  /** Set when shutdown begins: no new attempt starts, the job goes back to the queue. */
+  let draining = false;
+  /** Set at the shutdown deadline, when the attempts in flight are aborted. */
+  let aborted = false;
+
+  /** Calls the processor once; never throws. */
+  async function callProcessor(ref: OperationRef, held: HeldAttempt): Promise<Outcome> {
+    try {
+      await processor({
+        tenantId: ref.tenantId,
+        connectionId: ref.connectionId,
+        operation: { id: ref.operationId, status: 'inprogress', error: null },
+        attempt: held.attempt,
+        // Read on demand: the attempt makes its AbortController only for a processor that asks.
+        get signal() {
+          return held.signal;
+        },
+      });
+      return { status: 'completed' };
+    } catch (error) {
+      // Aborted by this worker's own shutdown (SHUTDOWN_TIMEOUT_MS passed): the processor did not
+      // fail, we stopped waiting for it. So the attempt is given back, not counted as a failure
+      // (which would spend an attempt, or fail the operation on its last one).
+      if (aborted && held.signal.aborted) return { interrupted: error };
+      const permanent = permanentFailureOf(error);
+      if (permanent) return { status: 'failed', error: permanent };
+      if (held.attempt >= config.OPERATION_ATTEMPTS) return { status: 'failed', error: exhaustedFailure(error, held.attempt) };
+      return { retry: error };
+    }
+  }
+
+  async function runOperation(ref: OperationRef, jobId: string): Promise<Ended> {
+    const { operationId, connectionId } = ref;
+    const ran = await slots.run(async () => {
+      // Once shutdown begins no attempt starts: the job goes back to the queue for another worker.
+      if (draining) return undefined;
+      const claim = await attempts.claim(ref, jobId);
+      if (claim.kind !== 'claimed') return { claim };
+      if (draining) {
+        await attempts.record(ref, claim.holder, { status: 'interrupted' });
+        return undefined;
+      }
+      const started = performance.now();
+      const outcome = await callProcessor(ref, claim);
+      return { claim, outcome, seconds: (performance.now() - started) / 1000 };
+    });
+    if (!ran) return 'interrupted';
+    const { claim } = ran;
+    if (claim.kind === 'busy') {
+      log.info({ operationId, connectionId, leaseLeftMs: claim.leaseLeftMs }, 'another worker holds this operation; looking again when its lease ends');
+      return { againInMs: claim.leaseLeftMs + LEASE_MARGIN_MS };
+    }
+    if (claim.kind === 'exhausted') {
+      metrics?.finished('failed', 'processingInterrupted');
+      log.warn({ operationId, connectionId, attempts: claim.attempts }, 'operation failed: its attempts are spent and the last one never reported');
+      return 'done';
+    }
+    if (claim.kind !== 'claimed' || !ran.outcome) {
+      log.debug({ operationId, connectionId, claim: claim.kind }, 'operation not run: terminal, missing, or carried by another job');
+      return 'done';
+    }
+
+    const { outcome, seconds = 0 } = ran;
+    const { attempt, holder } = claim;
+    const durationMs = Math.round(seconds * 1000);
+    if ('interrupted' in outcome) {
+      await attempts.record(ref, holder, { status: 'interrupted' });
+      log.warn({ operationId, connectionId, attempt, durationMs, err: outcome.interrupted }, 'operation interrupted by shutdown; its job returns to the queue');
+      return 'interrupted';
+    }
+    if ('retry' in outcome) {
+      const result = await attempts.record(ref, holder, { status: 'retry' });
+      metrics?.processingDuration.observe({ outcome: 'retry' }, seconds);
+      log.info({ operationId, connectionId, attempt, durationMs, status: 'retrying', err: outcome.retry, result }, 'operation attempt failed; will retry');
+      return result === 'finished' ? { againInMs: queue.backoffAfter(attempt) } : 'done';
+    }
+    const result = await attempts.record(ref, holder, { status: outcome.status, error: outcome.error });
+    if (result !== 'finished') {
+      log.warn({ operationId, connectionId, attempt, durationMs, result }, 'outcome not recorded: the operation was already terminal, or its lease was taken over');
+    } else {
+      metrics?.processingDuration.observe({ outcome: outcome.status }, seconds);
+      metrics?.finished(outcome.status, outcome.error?.errorCode);
+      log.info({ operationId, connectionId, attempt, durationMs, status: outcome.status, errorCode: outcome.error?.errorCode }, 'operation finished');
+    }
+    return 'done';
+  }
+
+  return {
+    run: runOperation,
+    drain: () => {
+      draining = true;
+    },
+    abort: () => {
+      aborted = true;
+      attempts.abortAll(new Error('The worker is shutting down.'));
+    },
+    stop: () => attempts.stop(),
+  };
+}
