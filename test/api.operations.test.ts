@@ -184,6 +184,17 @@ describe('POST operations', () => {
     await expectGraphError(await ctx.post(OPS, body), 400, 'badRequest', message);
   });
 
+  it.each(['.', '..'])('answers 400 naming the rule for the id %j, which no URL could read back', async (id) => {
+    await expectGraphError(await ctx.post(OPS, { id }), 400, 'badRequest', /Property 'id' must be .*not "\." or "\.\."/);
+  });
+
+  it('accepts ids with dots that are not a whole path segment of dots, and reads them back', async () => {
+    for (const id of ['...', '.a', 'a..b']) {
+      expect((await ctx.post(OPS, { id })).status, id).toBe(201);
+      expect((await ctx.request(`${OPS}/${id}`)).status, id).toBe(200);
+    }
+  });
+
   it('answers 400 when the body is not JSON', async () => {
     await expectGraphError(await ctx.post(OPS, '{"id": '), 400, 'badRequest', /not valid JSON/);
   });

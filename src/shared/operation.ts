@@ -36,8 +36,10 @@ export interface OperationRef {
 
 // ---- identifiers ----
 
-export const OPERATION_ID_PATTERN = /^[A-Za-z0-9._~-]{1,128}$/;
-export const OPERATION_ID_RULE = '1-128 characters of letters, digits, ".", "_", "~" and "-"';
+/** `.` and `..` are refused: URL parsers (clients, proxies, the WHATWG URL of the server) resolve
+ *  them as dot segments, so an operation with such an id could never be read back. */
+export const OPERATION_ID_PATTERN = /^(?!\.{1,2}$)[A-Za-z0-9._~-]{1,128}$/;
+export const OPERATION_ID_RULE = '1-128 characters of letters, digits, ".", "_", "~" and "-", and not "." or ".."';
 
 /** Tenant ids come from tokens (`tid`, a GUID in Entra ID); this shape keeps them safe inside
  *  Redis keys and job ids. */
