@@ -664,6 +664,21 @@ describe('tenant isolation', () => {
     const upper = `Bearer ${await hs256({ tid: TENANT.toUpperCase() })}`;
     expect((await send(ctx, 'GET', upper, `${OPS}/case`)).status).toBe(200);
   });
+
+  it('keeps tenants whose non-GUID tids differ only in case apart', async () => {
+    const ctx = await context();
+    const mixed = `Bearer ${await hs256({ tid: 'CaseTenant' })}`;
+    const lower = `Bearer ${await hs256({ tid: 'casetenant' })}`;
+    const create = await ctx.app.request(OPS, {
+      method: 'POST',
+      headers: { authorization: mixed, 'content-type': 'application/json' },
+      body: JSON.stringify({ id: 'case-kept' }),
+    });
+    expect(create.status).toBe(201);
+    expect((await send(ctx, 'GET', mixed, `${OPS}/case-kept`)).status).toBe(200);
+    await expectGraphError(await send(ctx, 'GET', lower, `${OPS}/case-kept`), 404, 'itemNotFound');
+    expect(await (await send(ctx, 'GET', lower, `${OPS}?$count=true`)).json()).toMatchObject({ '@odata.count': 0 });
+  });
 });
 
 // ---- configuration ----

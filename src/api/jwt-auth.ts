@@ -171,7 +171,15 @@ function principalOf(payload: JWTPayload): Principal {
   if (Array.isArray(payload.roles)) for (const role of payload.roles) if (typeof role === 'string') granted.add(role);
   const canWrite = WRITE_PERMISSIONS.some((permission) => granted.has(permission));
   const canRead = READ_PERMISSIONS.some((permission) => granted.has(permission));
-  return { tenantId: tenantId.toLowerCase(), canRead, canWrite };
+  return { tenantId: canonicalTenantId(tenantId), canRead, canWrite };
+}
+
+const GUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** A GUID tenant id (Entra ID's `tid`) is the same tenant in any case, so it is folded to lower
+ *  case; any other tenant id is compared exactly: `CaseTenant` and `casetenant` are two tenants. */
+export function canonicalTenantId(tenantId: string): string {
+  return GUID.test(tenantId) ? tenantId.toLowerCase() : tenantId;
 }
 
 /** A 401 with the RFC 6750 challenge; the message never echoes the token. */
