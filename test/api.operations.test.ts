@@ -1,3 +1,4 @@
+import { gzipSync } from 'node:zlib';
 import fc from 'fast-check';
 import type { Hono } from 'hono';
 import { RegExpRouter } from 'hono/router/reg-exp-router';
@@ -229,6 +230,19 @@ describe('POST operations', () => {
 
   it.each(['text/plain', 'application/x-www-form-urlencoded', 'application/xml'])('answers 415 for Content-Type %s', async (type) => {
     await expectGraphError(await ctx.post(OPS, '{}', { 'content-type': type }), 415, 'unsupportedMediaType');
+  });
+
+  it.each([
+    ['a plain JSON body labelled gzip', 'gzip', '{"id":"labelled"}'],
+    ['a real gzip body', 'gzip', gzipSync('{"id":"zipped"}')],
+    ['a br body', 'br', '{"id":"brotli"}'],
+  ])('answers 415 naming the coding for %s', async (_, coding, body) => {
+    const response = await ctx.request(OPS, { method: 'POST', headers: { 'content-type': 'application/json', 'content-encoding': coding }, body });
+    await expectGraphError(response, 415, 'unsupportedMediaType', new RegExp(`Content-Encoding '${coding}'`));
+  });
+
+  it('accepts Content-Encoding identity', async () => {
+    expect((await ctx.post(OPS, '{}', { 'content-encoding': 'identity' })).status).toBe(201);
   });
 
   it('accepts application/json with a charset', async () => {

@@ -23,3 +23,16 @@ export const limitBody: MiddlewareHandler = async (c, next) => {
   if (Number(length) > MAX_BODY_BYTES) tooLarge();
   await next();
 };
+
+/**
+ * Refuses a body sent with a Content-Encoding other than identity (415): the service does not
+ * decode request bodies, and reading a gzip body as JSON would fail, or accept a body that is
+ * labelled compressed but is not. One header read; a request without the header goes on.
+ */
+export const refuseContentEncoding: MiddlewareHandler = async (c, next) => {
+  const coding = c.req.header('content-encoding')?.trim();
+  if (coding && coding.toLowerCase() !== 'identity') {
+    throw new GraphError(415, 'unsupportedMediaType', `Content-Encoding '${coding}' is not supported; send the body uncompressed (identity).`);
+  }
+  await next();
+};

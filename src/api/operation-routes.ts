@@ -1,7 +1,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import type { MiddlewareHandler } from 'hono';
 import { CONNECTION_ID_RULE, OPERATION_ID_RULE, createOperationBodySchema, isValidConnectionId } from '../shared/operation.js';
-import { limitBody } from './body-limit.js';
+import { limitBody, refuseContentEncoding } from './body-limit.js';
 import type { AppEnv } from './env.js';
 import { GraphError } from './errors.js';
 import { listQuerySchema } from './list-query.js';
@@ -49,7 +49,7 @@ function createAt(path: string, hide = false) {
     method: 'post',
     path,
     hide,
-    middleware: [requireWrite, limitBody] as const,
+    middleware: [requireWrite, refuseContentEncoding, limitBody] as const,
     tags: ['operations'],
     summary: 'Create an operation (201 with status inprogress; a worker moves it to completed or failed)',
     security,
@@ -62,7 +62,7 @@ function createAt(path: string, hide = false) {
       400: error('A property or the connection id is not allowed; the message names it'),
       409: error('The id is already used in this tenant and connection'),
       413: error('The body is over 1 MiB'),
-      415: error('The Content-Type is not JSON'),
+      415: error('The Content-Type is not JSON, or the body has a Content-Encoding other than identity'),
       ...authErrors,
     },
   });
