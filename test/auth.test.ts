@@ -681,6 +681,18 @@ describe('tenant isolation', () => {
   });
 });
 
+// ---- clock tolerance ----
+
+describe('AUTH_CLOCK_TOLERANCE_SECONDS', () => {
+  it('refuses a token 5 s past exp with a tolerance of 0, and accepts it with the default 30', async () => {
+    const token = `Bearer ${await hs256({ iat: nowSeconds() - 600, exp: nowSeconds() - 5 })}`;
+    const strict = await context({ AUTH_CLOCK_TOLERANCE_SECONDS: '0' });
+    await expectGraphError(await send(strict, 'GET', token, OPS), 401, 'InvalidAuthenticationToken');
+    const lenient = await context();
+    expect((await send(lenient, 'GET', token, OPS)).status).toBe(200);
+  });
+});
+
 // ---- configuration ----
 
 describe('auth configuration', () => {

@@ -26,8 +26,17 @@ describe('loadConfig', () => {
     [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL/],
     [{ TRUST_PROXY: 'yes' }, /TRUST_PROXY/],
     [{ REDIS_PREFIX: 'has:colon' }, /REDIS_PREFIX/],
+    [{ ADMIN_USER: 'ops' }, /ADMIN_PASSWORD: ADMIN_USER is set without ADMIN_PASSWORD/],
+    [{ ADMIN_PASSWORD: 'secret' }, /ADMIN_USER: ADMIN_PASSWORD is set without ADMIN_USER/],
+    [{ AUTH_CLOCK_TOLERANCE_SECONDS: '-1' }, /AUTH_CLOCK_TOLERANCE_SECONDS/],
   ])('names the bad variable in %j', (env, message) => {
     expect(() => loadConfig(env)).toThrow(message);
+  });
+
+  it('accepts the dashboard credentials together, and a clock tolerance of 0', () => {
+    expect(loadConfig({ ADMIN_USER: 'ops', ADMIN_PASSWORD: 'secret' })).toMatchObject({ ADMIN_USER: 'ops', ADMIN_PASSWORD: 'secret' });
+    expect(loadConfig({}).AUTH_CLOCK_TOLERANCE_SECONDS).toBe(30);
+    expect(loadConfig({ AUTH_CLOCK_TOLERANCE_SECONDS: '0' }).AUTH_CLOCK_TOLERANCE_SECONDS).toBe(0);
   });
 
   it('reads a comma-separated cluster URL list', () => {

@@ -17,13 +17,14 @@ export const PERSONAL_ACCOUNT_TENANT = '9188040d-6c67-4c5b-b112-36a304b66dad';
 
 const WRITE_PERMISSIONS = ['ExternalConnection.ReadWrite.OwnedBy', 'ExternalConnection.ReadWrite.All'];
 const READ_PERMISSIONS = [...WRITE_PERMISSIONS, 'ExternalConnection.Read.All'];
-/** Leeway for clocks that disagree a little, on `exp` and `nbf`. */
-const CLOCK_TOLERANCE_SECONDS = 30;
+/** Leeway for clocks that disagree a little, on `exp` and `nbf`, unless AUTH_CLOCK_TOLERANCE_SECONDS says otherwise. */
+const DEFAULT_CLOCK_TOLERANCE_SECONDS = 30;
 /** How long one JWKS fetch may take before the request answers 503. */
 const JWKS_TIMEOUT_MS = 2000;
 const REALM = 'connection-operations';
 
-type AuthConfig = Pick<Config, 'AUTH_JWT_SECRET' | 'AUTH_JWKS_URL' | 'AUTH_AUDIENCE' | 'AUTH_ISSUER'>;
+type AuthConfig = Pick<Config, 'AUTH_JWT_SECRET' | 'AUTH_JWKS_URL' | 'AUTH_AUDIENCE' | 'AUTH_ISSUER'> &
+  Partial<Pick<Config, 'AUTH_CLOCK_TOLERANCE_SECONDS'>>;
 
 export class AuthConfigError extends Error {
   override name = 'AuthConfigError';
@@ -45,7 +46,7 @@ export function jwtAuthenticator(config: AuthConfig): Authenticator {
   const verified = new VerifiedTokenCache();
   const jwks = config.AUTH_JWKS_URL ? remoteKeySet(new URL(config.AUTH_JWKS_URL)) : undefined;
   const claims = {
-    clockTolerance: CLOCK_TOLERANCE_SECONDS,
+    clockTolerance: config.AUTH_CLOCK_TOLERANCE_SECONDS ?? DEFAULT_CLOCK_TOLERANCE_SECONDS,
     // Entra ID rejects access tokens without an expiry; a token without one would never expire.
     requiredClaims: ['exp'],
     ...(config.AUTH_AUDIENCE ? { audience: config.AUTH_AUDIENCE } : {}),

@@ -45,6 +45,9 @@ export const configSchema = z.object({
   AUTH_JWKS_URL: optionalString.pipe(z.url().optional()),
   AUTH_AUDIENCE: optionalString,
   AUTH_ISSUER: optionalString,
+  /** Seconds a token is still accepted past its `exp` (and before its `nbf`), for clocks that
+   *  disagree a little. */
+  AUTH_CLOCK_TOLERANCE_SECONDS: nonNegativeInt.max(300).default(30),
 
   /** Requests per second each tenant may make, shared by all API instances; unset = no limit. */
   RATE_LIMIT_PER_TENANT: positiveInt.optional(),
@@ -99,6 +102,14 @@ export const configSchema = z.object({
   /** How absolute URLs (Location, @odata.nextLink) are built. */
   PUBLIC_BASE_URL: optionalString.pipe(z.url().optional()),
   TRUST_PROXY: booleanString,
+}).superRefine((config, context) => {
+  // One without the other would start without the dashboard and say nothing about it.
+  if (config.ADMIN_USER && !config.ADMIN_PASSWORD) {
+    context.addIssue({ code: 'custom', path: ['ADMIN_PASSWORD'], message: 'ADMIN_USER is set without ADMIN_PASSWORD; set both to serve /admin/queues, or neither' });
+  }
+  if (config.ADMIN_PASSWORD && !config.ADMIN_USER) {
+    context.addIssue({ code: 'custom', path: ['ADMIN_USER'], message: 'ADMIN_PASSWORD is set without ADMIN_USER; set both to serve /admin/queues, or neither' });
+  }
 });
 
 export type Config = z.infer<typeof configSchema>;
