@@ -146,7 +146,9 @@ describe('the Bull Board dashboard', () => {
     const refused = await app.request('/admin/queues');
     expect(refused.status).toBe(401);
     expect(refused.headers.get('www-authenticate')).toMatch(/^Basic/);
-    expect(((await refused.json()) as { error: { code: string } }).error.code).toBe('unauthenticated');
+    expect((await refused.json()) as { error: { code: string; message: string } }).toMatchObject({
+      error: { code: 'unauthenticated', message: expect.stringMatching(/Basic credentials.*ADMIN_USER.*ADMIN_PASSWORD/) as unknown },
+    });
     const auth = { authorization: `Basic ${Buffer.from('ops:pw').toString('base64')}` };
     expect((await app.request('/admin/queues', { headers: auth })).status).toBe(200);
   });

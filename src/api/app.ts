@@ -79,7 +79,12 @@ function graphErrorOf(error: HTTPException, contentType: string | undefined, cha
   }
   if (status === 400 && /malformed json/i.test(error.message)) return badRequest('The request body is not valid JSON.');
   const code = status === 401 ? 'unauthenticated' : status === 413 ? 'requestEntityTooLarge' : 'badRequest';
-  return new GraphError(status, code, error.message || 'The request was refused.', challenge ? { 'WWW-Authenticate': challenge } : {});
+  // Basic auth refuses with no message of its own: only the dashboard asks for it.
+  const message =
+    status === 401 && challenge?.startsWith('Basic')
+      ? 'The admin dashboard needs Basic credentials: the ADMIN_USER and ADMIN_PASSWORD the service was started with.'
+      : error.message || 'The request was refused.';
+  return new GraphError(status, code, message, challenge ? { 'WWW-Authenticate': challenge } : {});
 }
 
 /** Each operation route as a pattern over a whole path (any prefix and family), and its method.
