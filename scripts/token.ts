@@ -10,14 +10,42 @@ import { loadConfig } from '../src/shared/config.js';
  * tsx, not part of the build. Like the service, it reads .env from the working directory, and
  * the shell's variables win over it.
  */
-const { values } = parseArgs({
-  options: {
-    scope: { type: 'string', default: 'ExternalConnection.ReadWrite.All' },
-    role: { type: 'string', multiple: true },
-    tenant: { type: 'string', default: '11111111-1111-4111-8111-111111111111' },
-    expires: { type: 'string', default: '1h' },
-  },
-});
+const DEFAULT_SCOPE = 'ExternalConnection.ReadWrite.All';
+const DEFAULT_TENANT = '11111111-1111-4111-8111-111111111111';
+
+const HELP = `Usage: npm run token -- [options]
+
+Prints an HS256 access token signed with AUTH_JWT_SECRET (from the environment or .env), with
+AUTH_AUDIENCE / AUTH_ISSUER as aud / iss when they are set.
+
+Options:
+  --tenant <id>      the tid claim (default ${DEFAULT_TENANT})
+  --scope <scopes>   the scp claim, space-separated delegated permissions (default ${DEFAULT_SCOPE})
+  --role <role>      an application permission, in roles instead of scp; repeat for several
+  --expires <time>   lifetime, as jose reads it: 1h, 30m, 2d (default 1h)
+  -h, --help         this text
+`;
+
+let values;
+try {
+  ({ values } = parseArgs({
+    options: {
+      scope: { type: 'string', default: DEFAULT_SCOPE },
+      role: { type: 'string', multiple: true },
+      tenant: { type: 'string', default: DEFAULT_TENANT },
+      expires: { type: 'string', default: '1h' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  }));
+} catch (error) {
+  // An unknown option or a missing value: say which, then how to call it, without a stack trace.
+  process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n\n${HELP}`);
+  process.exit(2);
+}
+if (values.help) {
+  process.stdout.write(HELP);
+  process.exit(0);
+}
 
 const config = loadConfig();
 if (!config.AUTH_JWT_SECRET) {

@@ -50,6 +50,20 @@ describe('npm run token', () => {
     expect(payload.scp).toBe('ExternalConnection.ReadWrite.All');
   });
 
+  it('prints a help text listing its options for --help, and exits 0 without needing a secret', async () => {
+    const script = track(startScript('token', 'scripts/token.ts', ['--help'], { cwd: REPO_ROOT, env: serviceEnv({}) }));
+    expect(await script.waitForExit(DEADLINE_MS), script.output()).toEqual({ code: 0, signal: null });
+    for (const option of ['--tenant', '--scope', '--role', '--expires']) expect(script.stdout).toContain(option);
+  });
+
+  it('names an unknown option and shows the help, exiting 2, instead of a stack trace', async () => {
+    const script = track(startScript('token', 'scripts/token.ts', ['--tennant', 'x'], { cwd: REPO_ROOT, env: serviceEnv({}) }));
+    expect(await script.waitForExit(DEADLINE_MS), script.output()).toEqual({ code: 2, signal: null });
+    expect(script.stderr).toContain("Unknown option '--tennant'");
+    expect(script.stderr).toContain('--tenant');
+    expect(script.stderr).not.toMatch(/\n\s+at /);
+  });
+
   it('says what is missing, and exits 1, without AUTH_JWT_SECRET', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'cops-token-cwd-'));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
