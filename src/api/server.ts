@@ -3,7 +3,7 @@ import { serve } from '@hono/node-server';
 import type { Config } from '../shared/config.js';
 import type { Service } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
-import { createRedis, waitUntilReady, warnUnlessNoEviction } from '../shared/redis.js';
+import { connectRedis, createRedis, warnUnlessNoEviction } from '../shared/redis.js';
 import type { Metrics } from '../shared/metrics.js';
 import { operationsFor } from '../shared/wiring.js';
 import { adminRoutes } from './admin.js';
@@ -21,9 +21,7 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics): P
     commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS,
     connectionName: 'cops-api',
   });
-  redis.on('error', (error: Error) => log.warn({ err: error.message }, 'redis connection error'));
-  log.info('waiting for Redis');
-  await waitUntilReady(redis);
+  await connectRedis(redis, config.REDIS_URL, log);
   await warnUnlessNoEviction(redis, log);
   // Built only once Redis is ready: BullMQ caches a failed start-up check forever.
   const { store, queue } = operationsFor(config, redis, log);

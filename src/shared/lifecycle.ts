@@ -22,13 +22,24 @@ export async function runProcess(name: string, start: (config: Config, log: Logg
   }
   const log = createLogger(config, name);
 
+  // A server that cannot listen emits 'error' with no listener: an uncaught exception, which
+  // Node prints as a stack trace. While starting, say instead which address and variable.
+  const cannotListen = (error: unknown): void => {
+    const problem = listenProblem(error, config);
+    if (problem) log.fatal(problem.fields, problem.message);
+    else log.fatal({ err: error }, `${name} failed to start`);
+    flushLogger(log);
+    process.exit(1);
+  };
+  process.on('uncaughtException', cannotListen);
   let services: Service[];
   try {
     services = await start(config, log);
   } catch (error) {
-    log.fatal({ err: error }, `${name} failed to start`);
-    flushLogger(log);
-    process.exit(1);
+    cannotListen(error);
+    return;
+  } finally {
+    process.off('uncaughtException', cannotListen);
   }
 
   let stopping = false;
@@ -53,4 +64,19 @@ export async function runProcess(name: string, start: (config: Config, log: Logg
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+/** For a listen that failed because the address is taken (or not allowed), one sentence naming
+ *  the address and the variable that chose it; undefined for any other error. */
+export function listenProblem(error: unknown, config: Pick<Config, 'PORT' | 'WORKER_HEALTH_PORT'>): { message: string; fields: object } | undefined {
+  if (!(error instanceof Error)) return undefined;
+  const { code, syscall, address, port } = error as NodeJS.ErrnoException & { address?: string; port?: number };
+  if (syscall !== 'listen' || (code !== 'EADDRINUSE' && code !== 'EACCES')) return undefined;
+  const variable = port === config.WORKER_HEALTH_PORT ? 'WORKER_HEALTH_PORT' : port === config.PORT ? 'PORT (and HOST)' : 'the port settings';
+  const where = `${address?.includes(':') ? `[${address}]` : address ?? '?'}:${port ?? '?'}`;
+  const what = code === 'EADDRINUSE' ? 'is already in use by another process' : 'may not be bound by this user';
+  return {
+    message: `cannot listen on ${where}: the address ${what} (${code}); stop what holds it, or choose another with ${variable}`,
+    fields: { address, port, code },
+  };
 }

@@ -1,4 +1,5 @@
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
+import type { Logger } from './logger.js';
 
 /** A single Redis or a Redis Cluster: both speak the commands and scripts this service uses. */
 export type RedisClient = Redis | Cluster;
@@ -54,6 +55,48 @@ export function createRedis({ url, role, commandTimeoutMs, connectionName }: Red
     return new Cluster(nodes, clusterOptions);
   }
   return new Redis(urls[0] ?? 'redis://127.0.0.1:6379', common);
+}
+
+/** REDIS_URL as it may be logged: each URL without its user name and password. */
+export function redisUrlForLogs(url: string): string {
+  return url
+    .split(',')
+    .map((part) => {
+      try {
+        const parsed = new URL(part.trim());
+        parsed.username = '';
+        parsed.password = '';
+        return parsed.href.replace(/\/$/, '');
+      } catch {
+        return '(an unparseable URL)';
+      }
+    })
+    .join(',');
+}
+
+/**
+ * Logs a client's connection errors and resolves once it is ready. Until it has been ready once,
+ * the first failure says what is waited for and where that comes from (REDIS_URL, without
+ * credentials), and the retries after it are quiet (debug); once it has been ready, every
+ * connection error is a warning: an outage.
+ */
+export async function connectRedis(client: RedisClient, url: string, log: Pick<Logger, 'warn' | 'info' | 'debug'>): Promise<void> {
+  let connected = client.status === 'ready';
+  let told = false;
+  client.on('error', (error: Error) => {
+    if (connected) {
+      log.warn({ err: error.message }, 'redis connection error');
+    } else if (!told) {
+      told = true;
+      const where = redisUrlForLogs(url);
+      log.warn({ redis: where, err: error.message }, `waiting for Redis at ${where} (REDIS_URL): ${error.message}; retrying quietly until it answers`);
+    } else {
+      log.debug({ err: error.message }, 'redis still not answering');
+    }
+  });
+  await waitUntilReady(client);
+  connected = true;
+  if (told) log.info({ redis: redisUrlForLogs(url) }, 'connected to Redis');
 }
 
 /** Resolves once the client is ready to take commands (ioredis keeps retrying meanwhile). */

@@ -2,7 +2,7 @@ import type { Config } from '../shared/config.js';
 import type { Service } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
-import { createRedis, waitUntilReady, warnUnlessNoEviction } from '../shared/redis.js';
+import { connectRedis, createRedis, warnUnlessNoEviction } from '../shared/redis.js';
 import { operationsFor } from '../shared/wiring.js';
 import { ConsumptionMonitor, startHealthServer } from './health.js';
 import type { Processor } from './processor.js';
@@ -34,8 +34,7 @@ export async function configuredProcessor(config: Config, log: Logger): Promise<
 export async function startWorker(config: Config, log: Logger, metrics: Metrics): Promise<Service> {
   const processor = await configuredProcessor(config, log);
   const redis = createRedis({ url: config.REDIS_URL, role: 'consumer', connectionName: 'cops-worker' });
-  redis.on('error', (error: Error) => log.warn({ err: error.message }, 'redis connection error'));
-  await waitUntilReady(redis);
+  await connectRedis(redis, config.REDIS_URL, log);
   await warnUnlessNoEviction(redis, log);
 
   const { store, queue } = operationsFor(config, redis, log);
