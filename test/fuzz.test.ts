@@ -161,7 +161,8 @@ const connectionId = fc.oneof(
 
 const validOperationId = fc.oneof(
   { weight: 3, arbitrary: fc.constantFrom(...KNOWN_OPERATIONS) },
-  { weight: 2, arbitrary: fc.stringMatching(/^[A-Za-z0-9._~-]{1,40}$/) },
+  // The id's characters, less "." and ".." (which no URL can name): OPERATION_ID_PATTERN.
+  { weight: 2, arbitrary: fc.stringMatching(/^[A-Za-z0-9._~-]{1,40}$/).filter((id) => id !== '.' && id !== '..') },
   { weight: 1, arbitrary: fc.stringMatching(/^\d{1,20}$/) },
   { weight: 1, arbitrary: fc.uuid() },
 );
