@@ -145,11 +145,13 @@ describe('a client that goes away mid-body', () => {
   });
 });
 
-describe('requests @hono/node-server refuses before routing', () => {
+describe('requests refused before routing (by Node or @hono/node-server)', () => {
   const refused: Record<string, string> = {
     'a Host with a space': `GET /healthz HTTP/1.1\r\nHost: evil example\r\nConnection: close\r\n\r\n`,
     'a Host with userinfo': `GET /healthz HTTP/1.1\r\nHost: a@evil.example\r\nConnection: close\r\n\r\n`,
     'a backslash in the path': `GET /v1.0\\external/connections HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`,
+    'HTTP/1.1 without Host': `GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n`,
+    'a request target the HTTP parser refuses': `GET /a b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`,
     'OPTIONS *': `OPTIONS * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`,
     'a host-only request target': `GET example.com:80 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`,
   };

@@ -46,13 +46,25 @@ export function createHttpServer(app: Hono<AppEnv>, config: ServerConfig, log: L
       requestTimeout,
       headersTimeout: Math.min(HEADERS_TIMEOUT_MS, requestTimeout),
       keepAliveTimeout: config.HTTP_KEEP_ALIVE_TIMEOUT_MS,
+      // Checked below instead, to answer it in Graph's shape.
+      requireHostHeader: false,
       // Node checks the two timeouts this often (default 30 s): a tenth of the request timeout.
       connectionsCheckingInterval: Math.min(30_000, Math.max(10, Math.ceil(requestTimeout / 10))),
     },
     (incoming: IncomingMessage, outgoing: ServerResponse) => {
-      // HTTP/1.0 may omit Host (Node refuses HTTP/1.1 without one): absolute URLs then name the
-      // address and port the request came in on, not a configured hostname without the port.
-      if (incoming.headers.host === undefined) incoming.headers.host = localAuthority(incoming);
+      if (incoming.headers.host === undefined) {
+        // HTTP/1.1 must send Host (RFC 9112 3.2): refused as Node would, in Graph's shape.
+        if (incoming.httpVersion !== '1.0') {
+          const requestId = randomUUID();
+          log.info({ requestId, status: 400, err: 'no Host header' }, 'request refused before routing');
+          outgoing.writeHead(400, { 'content-type': 'application/json', 'request-id': requestId, connection: 'close' });
+          outgoing.end(graphErrorBody(requestId, 'badRequest', 'The request has no Host header.'));
+          return;
+        }
+        // HTTP/1.0 may omit it: absolute URLs then name the address and port the request came in
+        // on, not a configured hostname without the port.
+        incoming.headers.host = localAuthority(incoming);
+      }
       void listener(incoming, outgoing);
     },
   );
@@ -64,8 +76,7 @@ export function createHttpServer(app: Hono<AppEnv>, config: ServerConfig, log: L
       const [status, code, message] = CLIENT_ERRORS[error.code ?? ''] ?? [400, 'badRequest', 'The request is malformed HTTP.'];
       const requestId = randomUUID();
       log.info({ requestId, status, err: error.code ?? error.message }, 'request refused by the HTTP parser');
-      const date = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
-      const body = JSON.stringify({ error: { code, message, innerError: { date, 'request-id': requestId } } });
+      const body = graphErrorBody(requestId, code, message);
       socket.end(
         `HTTP/1.1 ${status} ${STATUS_TEXT[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
           `request-id: ${requestId}\r\nConnection: close\r\n\r\n${body}`,
@@ -92,7 +103,12 @@ function localAuthority(incoming: IncomingMessage): string {
 }
 
 function graphError(requestId: string, status: number, code: string, message: string): Response {
+  const body = graphErrorBody(requestId, code, message);
+  return new Response(body, { status, headers: { 'content-type': 'application/json', 'request-id': requestId } });
+}
+
+/** Graph's error body (as errors.ts builds it) for an answer given without the app's context. */
+function graphErrorBody(requestId: string, code: string, message: string): string {
   const date = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
-  const body = { error: { code, message, innerError: { date, 'request-id': requestId } } };
-  return new Response(JSON.stringify(body), { status, headers: { 'content-type': 'application/json', 'request-id': requestId } });
+  return JSON.stringify({ error: { code, message, innerError: { date, 'request-id': requestId } } });
 }
