@@ -9,6 +9,7 @@ import { createHttpServer } from '../src/api/http-server.js';
 import { jwtAuthenticator } from '../src/api/jwt-auth.js';
 import { Metrics } from '../src/shared/metrics.js';
 import { createApiContext, type ApiContext } from './support/context.js';
+import { rawRequest, type RawAnswer } from './support/raw-http.js';
 import { pollUntil } from './support/wait.js';
 
 /**
@@ -55,51 +56,8 @@ afterAll(async () => {
   await ctx?.close();
 });
 
-interface RawAnswer {
-  status: number;
-  headers: Record<string, string>;
-  body: string;
-}
-
-/** Writes `request` as is, then reads until the server closes the connection. */
-function raw(request: string, { timeoutMs = 5000 }: { timeoutMs?: number } = {}): Promise<RawAnswer> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(port, '127.0.0.1');
-    const chunks: Buffer[] = [];
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new Error(`no complete answer within ${timeoutMs} ms; got ${JSON.stringify(Buffer.concat(chunks).toString())}`));
-    }, timeoutMs);
-    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    socket.on('error', () => undefined);
-    socket.on('close', () => {
-      clearTimeout(timer);
-      const text = Buffer.concat(chunks).toString();
-      const [head = '', ...rest] = text.split('\r\n\r\n');
-      const [statusLine = '', ...headerLines] = head.split('\r\n');
-      const headers: Record<string, string> = {};
-      for (const line of headerLines) {
-        const colon = line.indexOf(':');
-        headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
-      }
-      let body = rest.join('\r\n\r\n');
-      if (headers['transfer-encoding'] === 'chunked') body = dechunk(body);
-      resolve({ status: Number(statusLine.split(' ')[1]), headers, body });
-    });
-    socket.write(request);
-  });
-}
-
-function dechunk(text: string): string {
-  let out = '';
-  let rest = text;
-  for (;;) {
-    const eol = rest.indexOf('\r\n');
-    const size = parseInt(rest.slice(0, eol), 16);
-    if (!size) return out;
-    out += rest.slice(eol + 2, eol + 2 + size);
-    rest = rest.slice(eol + 2 + size + 2);
-  }
+function raw(request: string, options: { timeoutMs?: number } = {}): Promise<RawAnswer> {
+  return rawRequest(port, request, options);
 }
 
 async function statusesCounted(): Promise<string[]> {
