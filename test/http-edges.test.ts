@@ -66,7 +66,9 @@ async function statusesCounted(): Promise<string[]> {
 }
 
 describe('a client that goes away mid-body', () => {
-  it('a client that disconnects mid-upload is logged below warn and recorded as 499, never as a 5xx', async () => {
+  // A close (FIN) and a reset (RST, as curl --max-time may end it: ECONNRESET).
+  for (const hangUp of ['close', 'reset'] as const) {
+  it(`a client that disconnects mid-upload (${hangUp}) is logged below warn and recorded as 499, never as a 5xx`, async () => {
     const before = lines.length;
     const socket = connect(port, '127.0.0.1');
     await new Promise((resolve) => socket.on('connect', resolve));
@@ -76,13 +78,15 @@ describe('a client that goes away mid-body', () => {
         'content-type: application/json\r\ncontent-length: 100\r\n\r\n{}',
     );
     await new Promise((resolve) => setTimeout(resolve, 150));
-    socket.destroy();
+    if (hangUp === 'reset') socket.resetAndDestroy();
+    else socket.destroy();
     await pollUntil(() => lines.slice(before).some((line) => line.msg === 'request'), { timeoutMs: 3000, what: 'the request log line' });
     const mine = lines.slice(before);
     expect(mine.filter((line) => line.level >= 40)).toEqual([]);
     expect(mine.find((line) => line.msg === 'request')?.status).toBe(499);
     expect((await statusesCounted()).filter((status) => status.startsWith('5'))).toEqual([]);
   });
+  }
 
   it('a stalled upload is ended after HTTP_REQUEST_TIMEOUT_MS (408), logged below warn and never counted as a 5xx', async () => {
     const before = lines.length;
