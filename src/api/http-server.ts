@@ -72,6 +72,13 @@ export function createHttpServer(app: Hono<AppEnv>, config: ServerConfig, log: L
   // large) and a request cut off by requestTimeout: Node's default answer is a bare status line;
   // this one is the same status with Graph's body and a request-id.
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Duplex) => {
+    // The client closed or reset the connection (mid-body, say): nothing to answer, and the
+    // request, if it reached the app, is recorded there as 499.
+    if (HUNG_UP.has(error.code ?? '')) {
+      log.debug({ err: error.code }, 'client closed connection');
+      socket.destroy();
+      return;
+    }
     if (socket.writable && (socket as Duplex & { bytesWritten?: number }).bytesWritten === 0) {
       const [status, code, message] = CLIENT_ERRORS[error.code ?? ''] ?? [400, 'badRequest', 'The request is malformed HTTP.'];
       const requestId = randomUUID();
@@ -86,6 +93,9 @@ export function createHttpServer(app: Hono<AppEnv>, config: ServerConfig, log: L
   });
   return server;
 }
+
+/** A connection the client ended: EOF in the middle of a request, or a reset. */
+const HUNG_UP = new Set(['HPE_INVALID_EOF_STATE', 'ECONNRESET', 'EPIPE']);
 
 /** Node's own answers to a client error (see socketOnError in node:_http_server), as Graph errors. */
 const CLIENT_ERRORS: Record<string, [number, string, string]> = {
