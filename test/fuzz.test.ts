@@ -2,8 +2,12 @@ import { createHmac } from 'node:crypto';
 import fc from 'fast-check';
 import { SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createHttpServer } from '../src/api/http-server.js';
 import { PERSONAL_ACCOUNT_TENANT } from '../src/api/jwt-auth.js';
-import { OTHER_TENANT, TENANT, TEST_SECRET, createApiContext, signToken, type ApiContext } from './support/context.js';
+import { OTHER_TENANT, TENANT, TEST_SECRET, createApiContext, signToken, silentLog, type ApiContext } from './support/context.js';
+import { rawRequest } from './support/raw-http.js';
 import { withTimeout } from './support/wait.js';
 
 /**
@@ -478,6 +482,66 @@ describe('hostile requests', () => {
         expect(conflicts).toBe(ids.length - created);
       }),
       { numRuns: 300 },
+    );
+  });
+});
+
+// ---- over a socket: what @hono/node-server and Node's HTTP parser see before the app ----
+
+/** Request targets app.request cannot send: `*`, host-only, absolute, a backslash, raw spaces. */
+const rawTarget = fc.oneof(
+  { weight: 3, arbitrary: fc.constantFrom('*', 'example.com:80', 'example.com', 'http://example.com/v1.0/external/connections/contosohr/operations', 'https://x/v1.0', 'ftp://x/', '/\\evil', '/v1.0\\external/connections', '/v1.0/external/connections/contosohr/operations?a=\\', '//evil.example/', '/a b', '') },
+  { weight: 3, arbitrary: fc.tuple(fc.constantFrom(...PREFIXES), fc.constantFrom(...FAMILIES), segment(connectionId), tail).map(([prefix, family, connection, rest]) => `${prefix}${family}/${connection}${rest}`) },
+  { weight: 1, arbitrary: hostileText.map((text) => `/${text}`) },
+);
+/** Host headers, from none to hostile; never a CR or LF (those would frame another request). */
+const rawHost = fc.oneof(
+  { weight: 2, arbitrary: fc.constant(undefined) },
+  { weight: 2, arbitrary: fc.constantFrom('localhost', '127.0.0.1:3000', 'evil example', 'a@evil.example', 'evil.example:99999', '[::1]', '[::1', 'a/b', 'a\\b', 'a?b', 'a#b', 'xn--', '') },
+  { weight: 1, arbitrary: hostileText },
+).map((host) => host?.replace(/[\r\n\0]/g, ''));
+
+describe('hostile requests over a socket', () => {
+  let server: Server;
+  let port: number;
+  beforeAll(async () => {
+    server = createHttpServer(ctx.app, ctx.config, silentLog);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    port = (server.address() as AddressInfo).port;
+  });
+  afterAll(async () => {
+    server?.closeAllConnections();
+    await new Promise((resolve) => server?.close(resolve));
+  });
+
+  it('answers a hostile request line, Host and HTTP version with a success or a Graph error and a request-id, never a 5xx', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom('GET', 'POST', 'DELETE', 'OPTIONS', 'PATCH', 'PUT'),
+        rawTarget,
+        fc.constantFrom('1.0', '1.1'),
+        rawHost,
+        fc.constantFrom(...Object.keys(authorizations)),
+        async (method, target, version, host, auth) => {
+          const body = method === 'POST' ? '{}' : '';
+          const headers = [
+            ...(host === undefined ? [] : [`Host: ${host}`]),
+            `authorization: ${authorizations[auth]}`,
+            'content-type: application/json',
+            `content-length: ${body.length}`,
+            'Connection: close',
+          ];
+          const request: FuzzRequest = { method, path: target, headers: [['host', host ?? '(none)'], ['version', version]], body };
+          const answer = await rawRequest(port, `${method} ${target.replace(/[\r\n]/g, '')} HTTP/${version}\r\n${headers.join('\r\n')}\r\n\r\n${body}`, {
+            timeoutMs: DEADLINE_MS,
+          });
+          tally.requests += 1;
+          tally.byStatus.set(answer.status, (tally.byStatus.get(answer.status) ?? 0) + 1);
+          if (!(answer.status >= 200 && answer.status <= 599)) throw new Error(`no HTTP status: ${describeRequest(request)} -> ${JSON.stringify(answer)}`);
+          judge(request, new Response(null, { status: answer.status, headers: answer.headers }), answer.body);
+        },
+      ),
+      { numRuns: 1500 },
     );
   });
 });

@@ -1,3 +1,4 @@
+import type { HttpBindings } from '@hono/node-server';
 import { Hono, type MiddlewareHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import { ADMIN_BASE_PATH } from './admin.js';
@@ -43,6 +44,12 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     return graphErrorResponse(c, error);
   });
   app.onError((error, c) => {
+    // The client hung up (or Node cut off its stalled upload with a 408) before the body was
+    // read: its doing, not a fault. Recorded as 499 (nginx's "client closed request"), at debug.
+    if (clientWentAway(c.env)) {
+      deps.log.debug({ err: error.message, requestId: c.get('requestId') }, 'client closed request');
+      return new Response(null, { status: 499 });
+    }
     // Hono's own middleware (basic auth on /admin/queues, the request validators) throws
     // HTTPException: the same Graph body, with its status and challenge header.
     if (error instanceof HTTPException) {
@@ -57,6 +64,13 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     return graphErrorResponse(c, new GraphError(500, 'generalException', 'An unexpected error occurred; the request-id identifies it in the logs.'));
   });
   return app;
+}
+
+/** Whether the request's connection closed before its body had arrived (served by
+ *  @hono/node-server, c.env holds the Node request; under app.request it holds nothing). */
+function clientWentAway(env: unknown): boolean {
+  const incoming = (env as Partial<HttpBindings> | undefined)?.incoming;
+  return incoming !== undefined && incoming.destroyed && !incoming.complete;
 }
 
 function authenticate(auth: Authenticator): MiddlewareHandler<AppEnv> {

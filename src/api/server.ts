@@ -1,5 +1,5 @@
 import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
+import type { Server } from 'node:http';
 import type { Config } from '../shared/config.js';
 import type { Service } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
@@ -9,6 +9,7 @@ import { operationsFor } from '../shared/wiring.js';
 import { adminRoutes } from './admin.js';
 import { createApp } from './app.js';
 import { CreateBatcher } from './create-batcher.js';
+import { createHttpServer } from './http-server.js';
 import { jwtAuthenticator } from './jwt-auth.js';
 import { rateLimitPerTenant } from './rate-limit.js';
 
@@ -52,9 +53,8 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics): P
     ...(admin ? { admin } : {}),
   });
 
-  const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
-    const listening = serve({ fetch: app.fetch, port: config.PORT, hostname: config.HOST }, () => resolve(listening));
-  });
+  const server: Server = createHttpServer(app, config, log);
+  await new Promise<void>((resolve) => server.listen(config.PORT, config.HOST, () => resolve()));
   const port = (server.address() as AddressInfo).port;
   log.info({ port, host: config.HOST }, 'API listening');
 
@@ -63,7 +63,7 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics): P
     async close() {
       // Stop accepting connections and let in-flight requests finish, then drop idle keep-alives.
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      if ('closeIdleConnections' in server) server.closeIdleConnections();
+      server.closeIdleConnections();
       await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, config.SHUTDOWN_TIMEOUT_MS).unref())]);
       await queue.close();
       await redis.quit().catch(() => redis.disconnect());

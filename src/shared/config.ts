@@ -22,6 +22,12 @@ export const configSchema = z.object({
   /** API listen port and address. */
   PORT: z.coerce.number().int().min(0).max(65535).default(3000),
   HOST: z.string().min(1).default('0.0.0.0'),
+  /** How long a request's headers and body may take to arrive before Node answers 408 and
+   *  closes the connection (a stalled or trickling upload). */
+  HTTP_REQUEST_TIMEOUT_MS: positiveInt.default(30_000),
+  /** How long an idle keep-alive connection stays open: longer than the idle timeout of a load
+   *  balancer in front (60 s on AWS ALB), so the balancer closes first. */
+  HTTP_KEEP_ALIVE_TIMEOUT_MS: positiveInt.default(65_000),
 
   /** Redis URL; a Redis Cluster is given as a comma-separated list of node URLs. */
   REDIS_URL: z
