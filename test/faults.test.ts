@@ -265,6 +265,13 @@ describe('a 10 s Redis outage under a create load', () => {
       what: '60 creates answered 201 after Redis came back',
     });
     await load.stop();
+    // Each worker's own connection reconnects on its capped backoff (up to 2 s after Redis is
+    // back), so its readiness may come back after the API's: wait for it, within the deadline.
+    await pollUntil(() => workerReady.every((prober) => prober.records.at(-1)?.status === 200), {
+      timeoutMs: RECOVERY_DEADLINE_MS,
+      what: 'every worker /readyz to answer 200 again',
+      context: () => workerReady.map((prober) => `${prober.name}: ${prober.records.at(-1)?.status}`).join(', '),
+    });
     await Promise.all([apiReady, ...workerReady, ...workerLive].map((prober) => prober.stop()));
 
     // No request hung: every one settled with an answer.
