@@ -114,6 +114,7 @@ describe('requests refused before routing (by Node or @hono/node-server)', () =>
   const refused: Record<string, string> = {
     'a Host with a space': `GET /healthz HTTP/1.1\r\nHost: evil example\r\nConnection: close\r\n\r\n`,
     'a Host with userinfo': `GET /healthz HTTP/1.1\r\nHost: a@evil.example\r\nConnection: close\r\n\r\n`,
+    'a Host no URL can carry (an empty punycode label)': `POST /external/connections/contosohr/operations HTTP/1.0\r\nHost: xn--\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}`,
     'a backslash in the path': `GET /v1.0\\external/connections HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`,
     'HTTP/1.1 without Host': `GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n`,
     'a request target the HTTP parser refuses': `GET /a b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`,

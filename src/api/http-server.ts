@@ -64,6 +64,14 @@ export function createHttpServer(app: Hono<AppEnv>, config: ServerConfig, log: L
         // HTTP/1.0 may omit it: absolute URLs then name the address and port the request came in
         // on, not a configured hostname without the port.
         incoming.headers.host = localAuthority(incoming);
+      } else if (!isUsableHost(incoming.headers.host)) {
+        // A Host no URL can carry (`xn--`, a bad IDN): absolute URLs could not be built for it,
+        // and the adapter does not refuse it. Refused before any work, as a missing Host is.
+        const requestId = randomUUID();
+        log.info({ requestId, status: 400, err: 'unusable Host header' }, 'request refused before routing');
+        outgoing.writeHead(400, { 'content-type': 'application/json', 'request-id': requestId, connection: 'close' });
+        outgoing.end(graphErrorBody(requestId, 'badRequest', 'The Host header is not a host name a URL can carry.'));
+        return;
       }
       void listener(incoming, outgoing);
     },
@@ -92,6 +100,19 @@ export function createHttpServer(app: Hono<AppEnv>, config: ServerConfig, log: L
     socket.destroy();
   });
   return server;
+}
+
+/** Hosts already seen to parse as a URL's host: one Map lookup per request, not a URL parse. */
+const usableHosts = new Map<string, boolean>();
+
+function isUsableHost(host: string): boolean {
+  let usable = usableHosts.get(host);
+  if (usable === undefined) {
+    usable = URL.canParse(`http://${host}/`);
+    if (usableHosts.size >= 1000) usableHosts.clear();
+    usableHosts.set(host, usable);
+  }
+  return usable;
 }
 
 /** A connection the client ended: EOF in the middle of a request, or a reset. */
