@@ -36,6 +36,7 @@ import { Redis } from 'ioredis';
 import { SignJWT } from 'jose';
 import { ConfigError, loadConfig, type Config } from '../src/shared/config.js';
 import { RedisServerNotFound, startRedisServer, type RedisServer } from './lib/redis-server.js';
+import { answersOk } from './lib/http-ok.js';
 import { redisAnswers } from './redis-answers.js';
 
 const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -97,15 +98,9 @@ async function devToken(config: Config, secret: string): Promise<string> {
 async function waitUntilReady(base: string): Promise<void> {
   const deadline = Date.now() + READY_DEADLINE_MS;
   while (!stopping && service && service.exitCode === null) {
-    try {
-      const response = await fetch(`${base}/readyz`, { signal: AbortSignal.timeout(1000) });
-      await response.body?.cancel();
-      if (response.ok) {
-        say(`\n[dev] ready: ${base} (Ctrl-C stops everything)\n`);
-        return;
-      }
-    } catch {
-      // not listening yet
+    if (await answersOk(`${base}/readyz`)) {
+      say(`\n[dev] ready: ${base} (Ctrl-C stops everything)\n`);
+      return;
     }
     if (Date.now() > deadline) {
       say(`[dev] the API did not answer ${base}/readyz within ${READY_DEADLINE_MS / 1000} s; see the logs above`);

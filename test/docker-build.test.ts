@@ -5,7 +5,7 @@ import { basename, dirname, join, posix, relative } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { signToken, TEST_SECRET, uniquePrefix } from './support/context.js';
-import { RunningProcess, serviceEnv, type ExitInfo } from './support/processes.js';
+import { RunningProcess, serviceEnv, waitUntilReady, type ExitInfo } from './support/processes.js';
 import { composeService, loadCompose, loadDockerfile, readRepoFile, REPO_ROOT } from './support/deployment.js';
 import { dockerIgnored, envOf, execForm, healthcheckOf, instructionsOf, type Stage } from './support/dockerfile.js';
 import { freePort } from '../scripts/lib/free-port.js';
@@ -152,22 +152,6 @@ async function runHealthcheck(command: string[], env: Record<string, string>): P
   return check.waitForExit(10_000);
 }
 
-async function waitUntilReady(api: RunningProcess, port: number): Promise<void> {
-  await pollUntil(
-    async () => {
-      if (api.exit) throw new Error(`${api.name} exited before it was ready\n${api.output()}`);
-      try {
-        const response = await fetch(`http://127.0.0.1:${port}/readyz`, { signal: AbortSignal.timeout(1000) });
-        await response.body?.cancel();
-        return response.status === 200;
-      } catch {
-        return false;
-      }
-    },
-    { timeoutMs: PROCESS_DEADLINE_MS, what: `${api.name} to answer /readyz`, context: () => api.output() },
-  );
-}
-
 async function createOperation(port: number, id: string): Promise<void> {
   const response = await fetch(`http://127.0.0.1:${port}/v1.0/external/connections/${CONNECTION_ID}/operations`, {
     method: 'POST',
@@ -282,7 +266,7 @@ describe('the Docker image, built by performing the Dockerfile without Docker', 
       PROCESSOR_MODULE: './processor.ts',
     });
     const context = () => `${api.output()}\n${worker.output()}`;
-    await waitUntilReady(api, apiPort);
+    await waitUntilReady(api, `http://127.0.0.1:${apiPort}/readyz`, PROCESS_DEADLINE_MS);
     await worker.waitForLog((line) => line.msg === logMessage('worker started'), PROCESS_DEADLINE_MS, 'worker started');
 
     await createOperation(apiPort, 'ok-1');
@@ -322,7 +306,7 @@ describe('the Docker image, built by performing the Dockerfile without Docker', 
     expect(command).toBeDefined();
     const port = await freePort();
     const service = startFromImage('image CMD', command!, { ...testEnv(), PORT: String(port) });
-    await waitUntilReady(service, port);
+    await waitUntilReady(service, `http://127.0.0.1:${port}/readyz`, PROCESS_DEADLINE_MS);
 
     await createOperation(port, 'default-1');
     expect(await terminalOperation(port, 'default-1', () => service.output())).toMatchObject({ status: 'completed' });

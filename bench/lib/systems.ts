@@ -2,6 +2,7 @@ import type { Redis } from 'ioredis';
 import { NAIVE_COMPLETED_KEY, naiveOperationKey } from '../baselines/naive.js';
 import { RAW_COMPLETED_KEY } from '../baselines/raw-bullmq.js';
 import { freePort } from '../../scripts/lib/free-port.js';
+import { answersOk } from '../../scripts/lib/http-ok.js';
 import { createKeys } from '../../src/shared/keys.js';
 import { waitFor, type Child, type Harness } from './harness.js';
 import { JWT_SECRET, TENANT_ID } from './load.js';
@@ -116,13 +117,7 @@ export async function startSystem(ctx: BenchContext, kind: TargetKind, options: 
       await waitFor(
         async () => {
           if (!child.running) throw new Error(`${child.name} exited before it was ready\n${child.describe()}`);
-          try {
-            const response = await fetch(readyUrl, { signal: AbortSignal.timeout(1000) });
-            await response.body?.cancel();
-            return response.status === 200;
-          } catch {
-            return false;
-          }
+          return answersOk(readyUrl);
         },
         { timeoutMs: 30_000, what: `${child.name} on ${readyUrl}`, context: () => child.describe() },
       );
@@ -135,13 +130,7 @@ export async function startSystem(ctx: BenchContext, kind: TargetKind, options: 
           if (!child.running) throw new Error(`${child.name} exited before it started\n${child.describe()}`);
           if (/"msg":"worker started"/.test(child.logText())) return true;
           if (kind !== 'service') return false;
-          try {
-            const response = await fetch(healthUrl, { signal: AbortSignal.timeout(1000) });
-            await response.body?.cancel();
-            return response.status === 200;
-          } catch {
-            return false;
-          }
+          return answersOk(healthUrl);
         },
         { timeoutMs: 30_000, what: `${child.name} to log 'worker started' or answer ${healthUrl}`, context: () => child.describe() },
       );

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Redis } from 'ioredis';
+import { redisAnswers } from '../redis-answers.js';
 import { freePort } from './free-port.js';
 
 /**
@@ -78,7 +78,7 @@ export async function startRedisServer(args: string[] = [], { port, detached = f
       if (current.exitCode !== null || current.signalCode !== null) {
         throw new Error(`redis-server exited at startup (code ${current.exitCode}, signal ${current.signalCode})`);
       }
-      if (await answersPing(chosenPort)) return;
+      if (await redisAnswers(`redis://127.0.0.1:${chosenPort}`)) return;
       if (Date.now() > deadline) {
         current.kill('SIGKILL');
         throw new Error(`redis-server on port ${chosenPort} did not answer within ${START_TIMEOUT_MS} ms`);
@@ -136,22 +136,9 @@ export async function startRedisServer(args: string[] = [], { port, detached = f
 /** Resolves once a Redis on 127.0.0.1:`port` answers PING; throws after `timeoutMs`. */
 export async function waitForPing(port: number, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!(await answersPing(port))) {
+  while (!(await redisAnswers(`redis://127.0.0.1:${port}`))) {
     if (Date.now() > deadline) throw new Error(`redis-server on port ${port} did not answer within ${timeoutMs} ms`);
     await sleep(50);
-  }
-}
-
-async function answersPing(port: number): Promise<boolean> {
-  const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 1000 });
-  client.on('error', () => {}); // refused connections are expected until the server is up
-  try {
-    await client.connect();
-    return (await client.ping()) === 'PONG';
-  } catch {
-    return false;
-  } finally {
-    client.disconnect();
   }
 }
 

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { answersOk } from '../../scripts/lib/http-ok.js';
 import { BUILT_ENTRYPOINTS, REPO_ROOT, SERVICE_BUILD_DIR } from './service-build.js';
 import { TEST_SECRET } from './context.js';
 import { pollUntil, sleep, withTimeout } from './wait.js';
@@ -240,13 +241,7 @@ export async function waitUntilReady(service: RunningProcess, url: string, timeo
   await pollUntil(
     async () => {
       if (service.exit) throw new Error(`${service.name} exited (${JSON.stringify(service.exit)}) before it was ready\n${service.output()}`);
-      try {
-        const response = await fetch(url, { signal: AbortSignal.timeout(1000) });
-        await response.body?.cancel();
-        return response.status === 200;
-      } catch {
-        return false;
-      }
+      return answersOk(url);
     },
     { timeoutMs, intervalMs: 50, what: `${service.name} to answer 200 on ${url}`, context: () => service.output() },
   );
