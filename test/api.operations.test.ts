@@ -445,6 +445,7 @@ describe('every response', () => {
     const deps: AppDeps = {
       store: ctx.store,
       creates: new CreateBatcher(ctx.store, ctx.queue, silentLog),
+      watch: ctx.watch,
       auth: jwtAuthenticator(ctx.config),
       config: ctx.config,
       log: silentLog,

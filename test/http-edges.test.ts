@@ -39,6 +39,7 @@ beforeAll(async () => {
   const app = createApp({
     store: ctx.store,
     creates: new CreateBatcher(ctx.store, ctx.queue, log),
+    watch: ctx.watch,
     auth: jwtAuthenticator(ctx.config),
     config: ctx.config,
     log,

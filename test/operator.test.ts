@@ -86,6 +86,7 @@ describe('GET /metrics', () => {
     const app = createApp({
       store: context.store,
       creates: new CreateBatcher(context.store, context.queue, (await import('./support/context.js')).silentLog),
+      watch: context.watch,
       auth: jwtAuthenticator(context.config),
       config: context.config,
       log: (await import('./support/context.js')).silentLog,
@@ -137,6 +138,7 @@ describe('the Bull Board dashboard', () => {
     const app = createApp({
       store: context.store,
       creates: new CreateBatcher(context.store, context.queue, silentLog),
+      watch: context.watch,
       auth: jwtAuthenticator(context.config),
       config: context.config,
       log: silentLog,

@@ -5,6 +5,7 @@ import type { Metrics } from '../shared/metrics.js';
 import type { OperationStore } from '../shared/store.js';
 import type { Authenticator, Principal } from './auth.js';
 import type { OperationCreator } from './create-batcher.js';
+import type { OperationWatch } from './operation-watch.js';
 
 /** What every request handler may read from its context. */
 export interface AppEnv {
@@ -19,8 +20,10 @@ export interface AppEnv {
 export interface AppDeps {
   store: OperationStore;
   creates: OperationCreator;
+  /** Follows operations for the requests that wait for them and the event streams. */
+  watch: OperationWatch;
   auth: Authenticator;
-  config: Pick<Config, 'PUBLIC_BASE_URL' | 'TRUST_PROXY' | 'METRICS_TOKEN'>;
+  config: Pick<Config, 'PUBLIC_BASE_URL' | 'TRUST_PROXY' | 'METRICS_TOKEN' | 'STREAM_KEEP_ALIVE_MS'>;
   log: Logger;
   /** Whether the process can serve requests now (Redis answers). */
   ready: () => Promise<boolean>;

@@ -24,10 +24,24 @@ const connectionIdParam = z
   .string()
   .refine(isValidConnectionId, { error: (issue) => `Invalid connection id '${String(issue.input)}'. ${CONNECTION_ID_RULE}` })
   .meta({ description: CONNECTION_ID_RULE, example: 'contosohr' });
-// An id that does not match the rule cannot exist: the handler answers 404 for it, as for any
-// unknown id (a 400 would tell a caller more than "not here").
+// An id that does not match the rule cannot exist: the handlers answer 404 for it.
 const operationIdParam = z.string().meta({ description: OPERATION_ID_RULE, example: 'import-2026-11-29' });
 const retryAfter = { 'Retry-After': { description: 'Seconds to wait before polling (while inprogress) or retrying', schema: { type: 'integer' as const } } };
+const preferenceApplied = {
+  'Preference-Applied': { description: '`wait=N` when the request was held by `Prefer: wait=N`', schema: { type: 'string' as const } },
+};
+/** RFC 7240's wait preference, on the create and the GET. */
+const preferHeader = z.object({
+  prefer: z
+    .string()
+    .optional()
+    .meta({
+      description:
+        '`wait=N` (1-60 seconds; more counts as 60): while the operation is inprogress, the answer is held until it ends or N seconds pass. ' +
+        'An invalid value is ignored.',
+      example: 'wait=30',
+    }),
+});
 const security = [{ bearer: [] }];
 const authErrors = {
   401: error('Missing or invalid token (WWW-Authenticate says why)'),
@@ -39,26 +53,37 @@ const authErrors = {
 /** Creating needs a write permission: checked before anything about the request is. */
 const requireWrite: MiddlewareHandler<AppEnv> = async (c, next) => {
   if (!c.get('principal').canWrite) {
-    throw new GraphError(403, 'accessDenied', 'Creating operations needs ExternalConnection.ReadWrite.OwnedBy or ExternalConnection.ReadWrite.All.');
+    throw new GraphError(403, 'accessDenied', 'Creating or canceling operations needs ExternalConnection.ReadWrite.OwnedBy or ExternalConnection.ReadWrite.All.');
   }
   await next();
 };
 
-function createAt(path: string, hide = false) {
+/** Lets only `$ref` (or `%24ref`, decoded by Hono) through the `{ref}` route below: any other
+ *  segment is a known path with the wrong method (405 from the app's not-found handler). */
+const onlyRefSegment: MiddlewareHandler<AppEnv> = async (c, next) => {
+  if (c.req.param('ref' as never) !== '$ref') return c.notFound();
+  await next();
+};
+
+function createAt(path: string, hide = false, guard?: MiddlewareHandler<AppEnv>) {
   return createRoute({
     method: 'post',
     path,
     hide,
-    middleware: [requireWrite, refuseContentEncoding, limitBody] as const,
+    middleware: guard ? [guard, requireWrite, refuseContentEncoding, limitBody] : [requireWrite, refuseContentEncoding, limitBody],
     tags: ['operations'],
     summary: 'Create an operation (201 with status inprogress; a worker moves it to completed or failed)',
     security,
     request: {
       params: z.object({ connectionId: connectionIdParam }),
+      headers: preferHeader,
       body: { content: { 'application/json': { schema: createOperationBodySchema } }, required: false },
     },
     responses: {
-      201: { ...json(operationResourceSchema, 'Created'), headers: { Location: { description: 'Absolute URL of the operation', schema: { type: 'string' } }, ...retryAfter } },
+      201: {
+        ...json(operationResourceSchema, 'Created (with Prefer: wait, the state once it ended or the wait passed)'),
+        headers: { Location: { description: 'Absolute URL of the operation', schema: { type: 'string' } }, ...retryAfter, ...preferenceApplied },
+      },
       400: error('A property or the connection id is not allowed; the message names it'),
       409: error('The id is already used in this tenant and connection'),
       413: error('The body is over 1 MiB'),
@@ -69,8 +94,14 @@ function createAt(path: string, hide = false) {
 }
 
 export const createOperationRoute = createAt('/{connectionId}/operations');
-/** The `$ref` form some Graph clients post to; `%24ref` is the same path percent-encoded. */
+/** The `$ref` form some Graph clients post to, as documented and as the 405's Allow knows it
+ *  (`%24ref` is the same path percent-encoded). */
 export const createOperationRefRoutes = [createAt('/{connectionId}/operations/$ref'), createAt('/{connectionId}/operations/%24ref', true)];
+/** How the `$ref` creates are routed. Hono's RegExpRouter (the fast one: with its TrieRouter
+ *  fallback, routing was a sixth of the API's CPU per request) cannot hold a static segment
+ *  beside a parameter at one depth of one method, and `…/operations/{operationId}/cancel` puts
+ *  a parameter there. So the handler answers at `…/operations/{ref}`, for `$ref` only. */
+export const createOperationRefRoute = createAt('/{connectionId}/operations/{ref}', true, onlyRefSegment);
 
 export const listOperationsRoute = createRoute({
   method: 'get',
@@ -82,19 +113,46 @@ export const listOperationsRoute = createRoute({
   responses: { 200: json(operationListSchema, 'One page'), 400: error('An unsupported or invalid query option'), ...authErrors },
 });
 
+const operationParams = z.object({ connectionId: connectionIdParam, operationId: operationIdParam });
+
 export const getOperationRoute = createRoute({
   method: 'get',
   path: '/{connectionId}/operations/{operationId}',
   tags: ['operations'],
-  summary: 'Get an operation',
+  summary: 'Get an operation; wait for it to end (Prefer: wait), or follow it as a server-sent event stream (Accept: text/event-stream)',
   security,
-  request: { params: z.object({ connectionId: connectionIdParam, operationId: operationIdParam }) },
+  request: { params: operationParams, headers: preferHeader },
   responses: {
-    200: { ...json(operationResourceSchema, 'The operation'), headers: retryAfter },
+    200: {
+      description:
+        'The operation. With `Accept: text/event-stream`, an event stream instead: one `operation` event per change (its current state first), ' +
+        'whose data is the operation JSON; it ends after the terminal event, and a comment line keeps it alive at least every 15 s.',
+      content: {
+        'application/json': { schema: operationResourceSchema },
+        'text/event-stream': { schema: { type: 'string', example: 'event: operation\ndata: {"id":"op1","status":"completed",…}\n\n' } },
+      },
+      headers: { ...retryAfter, ...preferenceApplied },
+    },
     404: error('No such operation in this tenant and connection'),
     ...authErrors,
   },
 });
 
+export const cancelOperationRoute = createRoute({
+  method: 'post',
+  path: '/{connectionId}/operations/{operationId}/cancel',
+  middleware: [requireWrite] as const,
+  tags: ['operations'],
+  summary: 'Cancel an operation: failed at once with errorCode operationCanceled; the attempt in flight is aborted and none starts after',
+  security,
+  request: { params: operationParams },
+  responses: {
+    200: json(operationResourceSchema, 'The canceled operation (also when it was canceled before)'),
+    404: error('No such operation in this tenant and connection'),
+    409: error('The operation already ended otherwise (completed or failed)'),
+    ...authErrors,
+  },
+});
+
 /** Every route of a path family, for the 405's Allow. */
-export const OPERATION_ROUTES = [createOperationRoute, ...createOperationRefRoutes, listOperationsRoute, getOperationRoute];
+export const OPERATION_ROUTES = [createOperationRoute, ...createOperationRefRoutes, listOperationsRoute, getOperationRoute, cancelOperationRoute];

@@ -13,15 +13,17 @@ const withRequestIds = new WeakSet<Response>();
  * (eslint.config.js refuses c.header() in src/api, so the trap is a lint error, not a surprise).
  */
 export function jsonResponse(c: Context<AppEnv>, body: unknown, status: number, headers: Record<string, string> = {}): JsonAnswer {
+  return answer(c, JSON.stringify(body), status, 'application/json', headers);
+}
+
+/** Any answer of the operation routes (JSON, an event stream), with the request's ids. */
+export function answer(c: Context<AppEnv>, body: string | ReadableStream<Uint8Array>, status: number, contentType: string, headers: Record<string, string> = {}): JsonAnswer {
   const ids: Record<string, string> = {};
   const requestId = c.get('requestId');
   const clientRequestId = c.get('clientRequestId');
   if (requestId) ids['request-id'] = requestId;
   if (clientRequestId) ids['client-request-id'] = clientRequestId;
-  const response = new Response(JSON.stringify(body), {
-    status,
-    headers: { 'content-type': 'application/json', ...ids, ...headers },
-  });
+  const response = new Response(body, { status, headers: { 'content-type': contentType, ...ids, ...headers } });
   withRequestIds.add(response);
   return response as JsonAnswer;
 }

@@ -5,12 +5,14 @@ import type { Service } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import { connectRedis, createRedis, warnUnlessNoEviction } from '../shared/redis.js';
 import type { Metrics } from '../shared/metrics.js';
+import { Subscriber } from '../shared/subscriber.js';
 import { operationsFor } from '../shared/wiring.js';
 import { adminRoutes } from './admin.js';
 import { createApp } from './app.js';
 import { CreateBatcher } from './create-batcher.js';
 import { createHttpServer } from './http-server.js';
 import { jwtAuthenticator } from './jwt-auth.js';
+import { OperationWatch } from './operation-watch.js';
 import { rateLimitPerTenant } from './rate-limit.js';
 
 /** Builds the API's connections and serves it; resolves once it listens. */
@@ -37,6 +39,9 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics): P
   const rateLimit = config.RATE_LIMIT_PER_TENANT
     ? rateLimitPerTenant(redis, store.keys, config.RATE_LIMIT_PER_TENANT)
     : undefined;
+  // The one pub/sub connection of this process: the waits and event streams share it.
+  const subscriber = new Subscriber(createRedis({ url: config.REDIS_URL, role: 'subscriber', connectionName: 'cops-api-events' }), log);
+  const watch = new OperationWatch(store, subscriber, log, config.REDIS_COMMAND_TIMEOUT_MS);
   const admin =
     config.ADMIN_USER && config.ADMIN_PASSWORD
       ? adminRoutes({ queues: queue.queues, user: config.ADMIN_USER, password: config.ADMIN_PASSWORD, readOnly: config.ADMIN_READ_ONLY })
@@ -44,6 +49,7 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics): P
   const app = createApp({
     store,
     creates: new CreateBatcher(store, queue, log),
+    watch,
     auth,
     config,
     log,
@@ -61,11 +67,14 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics): P
   return {
     port,
     async close() {
-      // Stop accepting connections and let in-flight requests finish, then drop idle keep-alives.
+      // Stop accepting connections; held requests answer with the operation's latest state and
+      // event streams end; the other in-flight requests finish; idle keep-alives are dropped.
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      watch.close();
       server.closeIdleConnections();
       await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, config.SHUTDOWN_TIMEOUT_MS).unref())]);
       await queue.close();
+      await subscriber.close();
       await redis.quit().catch(() => redis.disconnect());
     },
   };

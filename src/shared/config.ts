@@ -29,6 +29,9 @@ export const configSchema = z.object({
    *  balancer in front (60 s on AWS ALB), so the balancer closes first. */
   HTTP_KEEP_ALIVE_TIMEOUT_MS: positiveInt.default(65_000),
 
+  /** How often an operation's event stream sends a keep-alive comment (at most 15 s). */
+  STREAM_KEEP_ALIVE_MS: positiveInt.max(15_000).default(15_000),
+
   /** Redis URL; a Redis Cluster is given as a comma-separated list of node URLs. */
   REDIS_URL: z
     .string()

@@ -13,6 +13,12 @@ import type { OperationRef } from './operation.js';
  *   {prefix}:v1:{tenant|connection}:status:{status}   zset   operations in one status; the
  *                                                             `inprogress` one is the outbox the
  *                                                             reconciler sweeps
+ *   {prefix}:v1:{tenant|connection}:changes           channel sharded pub/sub (SPUBLISH): the
+ *                                                             terminal transitions of the
+ *                                                             connection's operations, published by
+ *                                                             the scripts that write them
+ *   {prefix}:v1:cancels:{process}                     channel classic pub/sub: cancels of the
+ *                                                             attempts one worker process holds
  *   {prefix}:v1:connections                           zset   "tenant|connection" pairs that had
  *                                                             creates, scored by last create ms
  *   {prefix}:v1:reconciler-lock                       string one reconciler sweep at a time
@@ -57,6 +63,11 @@ export function createKeys(prefix: string) {
     operation: (ref: OperationRef) => `${connectionKey(ref)}:o:${ref.operationId}`,
     index: (ref: ConnectionRef) => `${connectionKey(ref)}:index`,
     statusIndex: (ref: ConnectionRef, status: string) => `${connectionKey(ref)}:status:${status}`,
+    /** A sharded pub/sub channel in the connection's slot (see scripts.ts, TERMINAL). */
+    changes: (ref: ConnectionRef) => `${connectionKey(ref)}:changes`,
+    /** The channel a worker process hears cancels of its attempts on; the cancel script appends
+     *  the process id it reads from the holder token. */
+    cancelsPrefix: () => `${prefix}:v1:cancels:`,
     connections: () => `${prefix}:v1:connections`,
     reconcilerLock: () => `${prefix}:v1:reconciler-lock`,
     rateLimit: (tenantId: string, second: number) => `${prefix}:v1:rate:{${tenantId}}:${second}`,

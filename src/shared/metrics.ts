@@ -6,6 +6,10 @@ import type { OperationQueue } from './queue.js';
 export class ApiSeries {
   readonly httpDuration: Histogram<'method' | 'route' | 'status'>;
   readonly operationsCreated: Counter;
+  readonly operationsCanceled: Counter;
+  /** Requests held by `Prefer: wait` now, and event streams open now. */
+  readonly requestsHeld: Gauge;
+  readonly streamsOpen: Gauge;
 
   constructor(registry: Registry) {
     this.httpDuration = new Histogram({
@@ -18,6 +22,21 @@ export class ApiSeries {
     this.operationsCreated = new Counter({
       name: 'operations_created_total',
       help: 'Operations accepted with 201',
+      registers: [registry],
+    });
+    this.operationsCanceled = new Counter({
+      name: 'operations_canceled_total',
+      help: 'Inprogress operations a client canceled',
+      registers: [registry],
+    });
+    this.requestsHeld = new Gauge({
+      name: 'operation_requests_held',
+      help: 'Requests held by Prefer: wait until their operation ends, now',
+      registers: [registry],
+    });
+    this.streamsOpen = new Gauge({
+      name: 'operation_streams_open',
+      help: 'Server-sent event streams of operations open now',
       registers: [registry],
     });
   }

@@ -13,10 +13,22 @@ export const innerErrorDetailSchema = z.object({
 
 export const errorDetailSchema = z.object({
   errorCode: z.string(),
+  /** The same value as errorCode, for clients that read the error as Graph's publicError. */
+  code: z.string().optional(),
   message: z.string(),
   details: z.array(innerErrorDetailSchema).default([]),
 });
 export type ErrorDetail = z.infer<typeof errorDetailSchema>;
+
+/** What a cancelled operation records. Graph's status enum has no "canceled": it is a failure
+ *  with this code, under both names clients read it by. */
+export const OPERATION_CANCELED = 'operationCanceled';
+export const canceledError: ErrorDetail = {
+  errorCode: OPERATION_CANCELED,
+  code: OPERATION_CANCELED,
+  message: 'The operation was canceled by a client.',
+  details: [],
+};
 
 export interface Operation {
   id: string;

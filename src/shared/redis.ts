@@ -8,8 +8,10 @@ export type RedisClient = Redis | Cluster;
  * `producer`: the API. Fails fast while Redis is away (no offline queue, a command timeout),
  * so a request answers 503 at once instead of hanging.
  * `consumer`: workers. Waits through outages (BullMQ requires `maxRetriesPerRequest: null`).
+ * `subscriber`: a process's pub/sub connection (shared/subscriber.ts). Waits through outages and
+ * subscribes again after them; on a cluster, sharded channels get one connection per master.
  */
-export type RedisRole = 'producer' | 'consumer';
+export type RedisRole = 'producer' | 'consumer' | 'subscriber';
 
 export interface RedisConnectionOptions {
   url: string;
@@ -39,7 +41,8 @@ export function createRedis({ url, role, commandTimeoutMs, connectionName }: Red
     });
     const first = new URL(urls[0]!);
     const clusterOptions: ClusterOptions = {
-      enableOfflineQueue: role === 'consumer',
+      enableOfflineQueue: role !== 'producer',
+      shardedSubscribers: role === 'subscriber',
       clusterRetryStrategy: (times) => Math.min(times * 100, 2000),
       // Every read from the master of its slot (ioredis's default, pinned on purpose): a worker
       // checks an operation's status before calling the processor, and a lagging replica could

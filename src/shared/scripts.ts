@@ -95,15 +95,25 @@ end
 `;
 
 /**
- * The terminal transition shared by FINISH and CLAIM, which take the same KEYS and ARGV[1..4]:
- * KEYS[1] inprogress status index, KEYS[2] completed, KEYS[3] failed, KEYS[4] index;
+ * The terminal transition shared by FINISH, CLAIM and CANCEL, which take the same KEYS and
+ * ARGV[1..4]:
+ * KEYS[1] inprogress status index, KEYS[2] completed, KEYS[3] failed, KEYS[4] index,
+ * KEYS[5] the connection's changes channel (sharded pub/sub; declared as a key so that a cluster
+ * routes and checks it like one);
  * ARGV[1] now ms, ARGV[2] retention ms, ARGV[3] operation key prefix, ARGV[4] index ttl ms.
  * `end_operation` writes the record at once; `move_indexes` moves the index entries of every
- * operation ended in this call, in a few variadic calls. The claim fields go: a terminal record
- * keeps only s, e, c and u.
+ * operation ended in this call, in a few variadic calls, and announces them. The claim fields
+ * go: a terminal record keeps only s, e, c and u.
+ *
+ * The announcement is one SPUBLISH per call, whatever the number of operations it ended: a JSON
+ * array of the operations as the store reads them ({id, status, error, createdAt, lastActionAt}),
+ * so a waiting request answers from the message without reading Redis again. Published by the
+ * script that writes the change, so no change goes unannounced and none is announced before it
+ * is stored. Nobody listening costs one SPUBLISH that reaches no one. Ids are safe inside the
+ * JSON string as they are (OPERATION_ID_PATTERN), and error_json is JSON already.
  */
 const TERMINAL = `${PRUNE_OLDEST}${MANY}
-local leaving, entering = {}, { completed = {}, failed = {} }
+local leaving, entering, announced = {}, { completed = {}, failed = {} }, {}
 local function end_operation(key, id, created, target, error_json)
   if error_json ~= '' then
     redis.call('HSET', key, 's', target, 'u', ARGV[1], 'e', error_json)
@@ -114,8 +124,11 @@ local function end_operation(key, id, created, target, error_json)
   redis.call('PEXPIRE', key, ARGV[2])
   leaving[#leaving + 1] = id
   local scored = entering[target]
-  scored[#scored + 1] = created or ARGV[1] -- a record always has c; never fail the whole call on one
+  created = created or ARGV[1] -- a record always has c; never fail the whole call on one
+  scored[#scored + 1] = created
   scored[#scored + 1] = id
+  announced[#announced + 1] = '{"id":"' .. id .. '","status":"' .. target .. '","error":' ..
+    (error_json ~= '' and error_json or 'null') .. ',"createdAt":' .. created .. ',"lastActionAt":' .. ARGV[1] .. '}'
 end
 local function move_indexes()
   zrem_many(KEYS[1], leaving)
@@ -128,6 +141,7 @@ local function move_indexes()
     end
   end
   redis.call('PEXPIRE', KEYS[4], ARGV[4])
+  if #announced > 0 then redis.call('SPUBLISH', KEYS[5], '[' .. table.concat(announced, ',') .. ']') end
 end
 `;
 
@@ -230,6 +244,32 @@ for i = 5, #ARGV, 4 do
 end
 move_indexes()
 return out
+`;
+
+/**
+ * cancel: a client cancels an operation: an inprogress one is failed at once with the given
+ * errorDetail, announced like any terminal transition, and the worker process holding an attempt
+ * of it (if any) is told on its own channel, so it aborts the processor's signal.
+ * KEYS and ARGV[1..4] as TERMINAL; ARGV[5] operation id, ARGV[6] the errorDetail JSON,
+ * ARGV[7] prefix of the workers' cancel channels.
+ * Returns {'missing'}, or {'canceled' | 'ended', status, errorJson, created, lastAction}: the
+ * record this call wrote, or the terminal one it found (the race with a finish has one winner).
+ *
+ * The worker's channel is classic pub/sub, not sharded: it cannot be in every operation's slot,
+ * and a worker keeps one subscription for its life instead of one per connection it works on. On
+ * a cluster a classic PUBLISH reaches every node; cancels are rare, so that costs nothing. A
+ * holder token is `<process id>:<sequence>` (worker/attempts.ts), which names the channel.
+ */
+const CANCEL = `${TERMINAL}
+local key = ARGV[3] .. ARGV[5]
+local r = redis.call('HMGET', key, 's', 'e', 'c', 'u', 'h')
+if not r[1] then return { 'missing' } end
+if r[1] ~= 'inprogress' then return { 'ended', r[1], r[2] or '', r[3], r[4] } end
+end_operation(key, ARGV[5], r[3], 'failed', ARGV[6])
+move_indexes()
+local holder_process = r[5] and string.match(r[5], '^([^:]+):')
+if holder_process then redis.call('PUBLISH', ARGV[7] .. holder_process, r[5]) end
+return { 'canceled', 'failed', ARGV[6], r[3] or ARGV[1], ARGV[1] }
 `;
 
 /**
@@ -408,6 +448,7 @@ export const scripts = {
   create: new Script(CREATE),
   claim: new Script(CLAIM),
   finish: new Script(FINISH),
+  cancel: new Script(CANCEL),
   renew: new Script(RENEW),
   handOver: new Script(HAND_OVER),
   forgetConnection: new Script(FORGET_CONNECTION),

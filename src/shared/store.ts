@@ -58,6 +58,8 @@ export type ClaimResult =
   | { kind: 'busy'; leaseLeftMs: number }
   | { kind: 'exhausted'; attempts: number };
 
+export type CancelResult = { result: 'missing' } | { result: 'canceled' | 'ended'; operation: Operation };
+
 export interface ClaimRules {
   leaseMs: number;
   attempts: number;
@@ -150,6 +152,23 @@ export class OperationStore {
     return reply.map((result) => FINISH_RESULTS[result]!);
   }
 
+  /**
+   * Cancels an operation: an inprogress one becomes failed with `error` at once, and the worker
+   * holding an attempt of it is told to abort it. `ended`: it was terminal already (a finish or
+   * an earlier cancel won), and `operation` is what it ended as.
+   */
+  async cancel(ref: OperationRef, error: ErrorDetail): Promise<CancelResult> {
+    const reply = (await scripts.cancel.run(this.redis, this.terminalKeys(ref), [
+      ...this.terminalArgs(ref),
+      ref.operationId,
+      JSON.stringify(error),
+      this.keys.cancelsPrefix(),
+    ])) as string[];
+    const [result, status, errorJson, createdAt, lastActionAt] = reply;
+    if (result === 'missing') return { result };
+    return { result: result as 'canceled' | 'ended', operation: toOperation(ref.operationId, status!, errorJson!, createdAt, lastActionAt) };
+  }
+
   /** Claims the next attempt of several operations of one connection for job `jobId` ('' for
    *  the operations' own jobs), in one atomic script (the claim script says what each result
    *  means). */
@@ -191,6 +210,7 @@ export class OperationStore {
       this.keys.statusIndex(connection, 'completed'),
       this.keys.statusIndex(connection, 'failed'),
       this.keys.index(connection),
+      this.keys.changes(connection),
     ];
   }
 

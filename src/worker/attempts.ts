@@ -11,6 +11,8 @@ export interface HeldAttempt {
   attempt: number;
   holder: string;
   readonly signal: AbortSignal;
+  /** Why the attempt was aborted, if it was. */
+  readonly abortReason: Error | undefined;
 }
 export type Claim = Exclude<ClaimResult, { kind: 'claimed' }> | ({ kind: 'claimed' } & HeldAttempt);
 
@@ -21,7 +23,7 @@ type OutcomeItem = OperationRef & Omit<AttemptOutcome, 'operationId'>;
  *  most processors never do, and one per attempt costs CPU on every operation. */
 class Held implements HeldAttempt {
   private controller: AbortController | undefined;
-  private abortReason: Error | undefined;
+  abortReason: Error | undefined;
 
   constructor(
     readonly ref: OperationRef,
@@ -51,8 +53,10 @@ class Held implements HeldAttempt {
  * connection.
  */
 export class Attempts {
-  /** Unique per process (48 random bits), so holder tokens of two workers never collide. */
-  private readonly processId = randomBytes(6).toString('base64url');
+  /** Unique per process (48 random bits), so holder tokens of two workers never collide. A
+   *  holder token is `<processId>:<sequence>`: the cancel script finds the process's cancel
+   *  channel by it (shared/scripts.ts, CANCEL). */
+  readonly processId = randomBytes(6).toString('base64url');
   private sequence = 0;
   private readonly held = new Map<string, Held>();
   private readonly claims: TickWriter<ClaimItem, ClaimResult>;
@@ -82,7 +86,27 @@ export class Attempts {
     if (result.kind !== 'claimed') return result;
     const held = new Held(ref, result.attempt, holder);
     this.held.set(holder, held);
-    return { kind: 'claimed', attempt: held.attempt, holder, get signal() { return held.signal; } };
+    return {
+      kind: 'claimed',
+      attempt: held.attempt,
+      holder,
+      get signal() {
+        return held.signal;
+      },
+      get abortReason() {
+        return held.abortReason;
+      },
+    };
+  }
+
+  /** Aborts the attempt `holder` holds, if it is still in flight here (a client canceled it). */
+  abort(holder: string, reason: Error): void {
+    this.held.get(holder)?.abort(reason);
+  }
+
+  /** Forgets an attempt without writing anything: its operation ended without it (canceled). */
+  release(holder: string): void {
+    this.held.delete(holder);
   }
 
   /** Writes what the attempt decided, fenced by its holder token; the lease is no longer kept. */

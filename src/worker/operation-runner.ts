@@ -5,7 +5,7 @@ import type { ErrorDetail, OperationRef, TerminalStatus } from '../shared/operat
 import type { OperationQueue } from '../shared/queue.js';
 import type { OperationStore } from '../shared/store.js';
 import { Attempts, type HeldAttempt } from './attempts.js';
-import { exhaustedFailure, interruptedFailure, permanentFailureOf, type Processor } from './processor.js';
+import { OperationCanceled, exhaustedFailure, interruptedFailure, permanentFailureOf, type Processor } from './processor.js';
 import { Semaphore } from './semaphore.js';
 
 export interface OperationRunnerDeps {
@@ -20,8 +20,9 @@ export interface OperationRunnerDeps {
 /** A job that finds another holder on an operation looks again this long after its lease ends. */
 const LEASE_MARGIN_MS = 100;
 
-/** What one attempt decided. `interrupted`: this process's shutdown aborted the processor. */
-type Outcome = { status: TerminalStatus; error?: ErrorDetail } | { retry: unknown } | { interrupted: unknown };
+/** What one attempt decided. `interrupted`: this process's shutdown aborted the processor;
+ *  `canceled`: a client canceled the operation while the processor ran (it is failed already). */
+type Outcome = { status: TerminalStatus; error?: ErrorDetail } | { retry: unknown } | { interrupted: unknown } | { canceled: true };
 
 /** How an operation left the job that ran it: finished with it (terminal, or carried on by
  *  another job), to run again in this same job (shutdown), or to look at again after
@@ -31,6 +32,10 @@ export type Ended = 'done' | 'interrupted' | { againInMs: number };
 export interface OperationRunner {
   /** One attempt of one operation, for job `jobId` ('' for the operation's own job). */
   run(ref: OperationRef, jobId: string): Promise<Ended>;
+  /** Names this process in its holder tokens: cancels of its attempts come on its channel. */
+  processId: string;
+  /** A client canceled the operation whose attempt `holder` holds: its processor is aborted. */
+  cancel(holder: string): void;
   /** No attempt starts from now on (shutdown began). */
   drain(): void;
   /** Aborts the attempts in flight (the shutdown deadline passed); they are given back. */
@@ -63,6 +68,7 @@ export function createOperationRunner({ store, queue, processor, config, log, me
 
   /** Calls the processor once; never throws. */
   async function callProcessor(ref: OperationRef, held: HeldAttempt): Promise<Outcome> {
+    const canceled = () => held.abortReason instanceof OperationCanceled;
     try {
       await processor({
         tenantId: ref.tenantId,
@@ -74,8 +80,9 @@ export function createOperationRunner({ store, queue, processor, config, log, me
           return held.signal;
         },
       });
-      return { status: 'completed' };
+      return canceled() ? { canceled: true } : { status: 'completed' };
     } catch (error) {
+      if (canceled()) return { canceled: true };
       // Aborted by this worker's own shutdown (SHUTDOWN_TIMEOUT_MS passed): the processor did not
       // fail, we stopped waiting for it. So the attempt is given back, not counted as a failure
       // (which would spend an attempt, or fail the operation on its last one).
@@ -121,6 +128,11 @@ export function createOperationRunner({ store, queue, processor, config, log, me
     const { outcome, seconds = 0 } = ran;
     const { attempt, holder } = claim;
     const durationMs = Math.round(seconds * 1000);
+    if ('canceled' in outcome) {
+      attempts.release(holder);
+      log.info({ operationId, connectionId, attempt, durationMs }, 'operation canceled by a client while its attempt ran; the processor was aborted');
+      return 'done';
+    }
     if ('interrupted' in outcome) {
       await attempts.record(ref, holder, { status: 'interrupted' });
       log.warn({ operationId, connectionId, attempt, durationMs, err: outcome.interrupted }, 'operation interrupted by shutdown; its job returns to the queue');
@@ -145,6 +157,8 @@ export function createOperationRunner({ store, queue, processor, config, log, me
 
   return {
     run: runOperation,
+    processId: attempts.processId,
+    cancel: (holder) => attempts.abort(holder, new OperationCanceled()),
     drain: () => {
       draining = true;
     },

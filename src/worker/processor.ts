@@ -12,8 +12,9 @@ export interface ProcessorInput {
   operation: { id: string; status: OperationStatus; error: ErrorDetail | null };
   /** 1 on the first attempt. */
   attempt: number;
-  /** Aborted when the worker stops waiting for the processor: at its shutdown deadline, or when
-   *  another worker took the attempt over (this worker missed its lease renewals). */
+  /** Aborted when the operation no longer needs this attempt: a client canceled it (the reason
+   *  is an OperationCanceled), the worker's shutdown deadline passed, or another worker took the
+   *  attempt over (this worker missed its lease renewals). */
   signal: AbortSignal;
 }
 
@@ -24,6 +25,15 @@ export class OperationFailure extends Error {
   override name = 'OperationFailure';
   constructor(readonly errorDetail: ErrorDetail) {
     super(errorDetail.message);
+  }
+}
+
+/** The abort reason a processor's signal carries when a client canceled the operation: it is
+ *  failed with operationCanceled already, and whatever the processor does next is not recorded. */
+export class OperationCanceled extends Error {
+  override name = 'OperationCanceled';
+  constructor() {
+    super('The operation was canceled by a client.');
   }
 }
 

@@ -3,6 +3,7 @@ import type { Service } from '../shared/lifecycle.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { connectRedis, createRedis, warnUnlessNoEviction } from '../shared/redis.js';
+import { Subscriber } from '../shared/subscriber.js';
 import { operationsFor } from '../shared/wiring.js';
 import { ConsumptionMonitor, startHealthServer } from './health.js';
 import type { Processor } from './processor.js';
@@ -38,7 +39,11 @@ export async function startWorker(config: Config, log: Logger, metrics: Metrics)
   await warnUnlessNoEviction(redis, log);
 
   const { store, queue } = operationsFor(config, redis, log);
-  const worker = createWorker({ connection: redis, store, queue, processor, config, log, metrics });
+  const subscriber = new Subscriber(createRedis({ url: config.REDIS_URL, role: 'subscriber', connectionName: 'cops-worker-events' }), log);
+  const worker = createWorker({ connection: redis, store, queue, processor, config, log, metrics, subscriber });
+  await worker.hearingCancels.catch((error: unknown) => {
+    log.warn({ err: error }, 'could not subscribe to cancels; a canceled attempt is aborted at its next lease renewal instead');
+  });
   const reconciler = new Reconciler({
     store,
     queue,
@@ -74,6 +79,7 @@ export async function startWorker(config: Config, log: Logger, metrics: Metrics)
       await reconciler.stop();
       await worker.close(config.SHUTDOWN_TIMEOUT_MS);
       await queue.close();
+      await subscriber.close();
       await redis.quit().catch(() => redis.disconnect());
     },
   };

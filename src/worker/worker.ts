@@ -6,6 +6,7 @@ import type { OperationRef } from '../shared/operation.js';
 import { isBatch, queueName, type BatchJobData, type JobData, type OperationJobData, type OperationQueue } from '../shared/queue.js';
 import type { RedisClient } from '../shared/redis.js';
 import type { OperationStore } from '../shared/store.js';
+import type { Subscriber } from '../shared/subscriber.js';
 import { createOperationRunner } from './operation-runner.js';
 import type { Processor } from './processor.js';
 
@@ -27,6 +28,8 @@ export interface WorkerDeps {
   >;
   log: Logger;
   metrics?: Metrics;
+  /** The process's pub/sub connection: cancels of this worker's attempts come through it. */
+  subscriber?: Subscriber;
 }
 
 /** After aborting the processors at the shutdown deadline, how long to wait for them to return
@@ -38,6 +41,9 @@ export interface OperationWorker {
   workers: Worker<JobData>[];
   /** Jobs this process holds now, over all shards. */
   jobsHeld(): number;
+  /** Settles once this worker hears cancels (rejects when subscribing failed: a canceled
+   *  attempt is then aborted at the next lease renewal instead, which finds it lost). */
+  hearingCancels: Promise<void>;
   /** Stops taking jobs and starting attempts, and waits for the attempts in flight; the rest of
    *  the jobs it holds go back to the queue. After `timeoutMs` it aborts the attempts in flight
    *  (given back: their jobs run them again elsewhere) and closes. */
@@ -61,10 +67,13 @@ export interface OperationWorker {
  * waits in the queue (taking fewer jobs would leave slots idle beside a slow operation; switching
  * BullMQ's concurrency at run time does not wake its fetch loop).
  */
-export function createWorker({ connection, store, queue, processor, config, log, metrics: processMetrics }: WorkerDeps): OperationWorker {
+export function createWorker({ connection, store, queue, processor, config, log, metrics: processMetrics, subscriber }: WorkerDeps): OperationWorker {
   const metrics = processMetrics?.workerSeries();
   const operations = createOperationRunner({ store, queue, processor, config, log, ...(metrics ? { metrics } : {}) });
   let jobsHeld = 0;
+  // A cancel names the attempt's holder token; the message is the token (shared/scripts.ts, CANCEL).
+  const cancels = subscriber?.listen(`${store.keys.cancelsPrefix()}${operations.processId}`, 'classic', (holder) => operations.cancel(holder));
+  const hearingCancels = cancels ? cancels.then(() => undefined) : Promise.resolve();
 
   /** Back to the front of the wait list without failing; the WaitingError tells BullMQ the job
    *  was moved. (The connection is still open: worker.close() waits for running jobs.) */
@@ -151,7 +160,7 @@ export function createWorker({ connection, store, queue, processor, config, log,
     }
     operations.stop();
   }
-  return { workers, jobsHeld: () => jobsHeld, close };
+  return { workers, jobsHeld: () => jobsHeld, hearingCancels, close };
 }
 
 /** Resolves with the promise's value, or 'timeout' after `ms`. */

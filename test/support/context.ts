@@ -5,9 +5,11 @@ import { inject } from 'vitest';
 import { createApp } from '../../src/api/app.js';
 import { CreateBatcher } from '../../src/api/create-batcher.js';
 import { jwtAuthenticator } from '../../src/api/jwt-auth.js';
+import { OperationWatch } from '../../src/api/operation-watch.js';
 import { rateLimitPerTenant } from '../../src/api/rate-limit.js';
 import { loadConfig, type Config } from '../../src/shared/config.js';
 import { createRedis, waitUntilReady, type RedisClient } from '../../src/shared/redis.js';
+import { Subscriber } from '../../src/shared/subscriber.js';
 import { operationsFor } from '../../src/shared/wiring.js';
 
 export const TEST_SECRET = 'test-secret-that-is-long-enough-for-hs256';
@@ -60,9 +62,12 @@ export async function createApiContextFor(config: Config) {
   const redis = createRedis({ url: config.REDIS_URL, role: 'producer', commandTimeoutMs: 2000 });
   await waitUntilReady(redis);
   const { store, queue } = operationsFor(config, redis, silentLog);
+  const subscriber = new Subscriber(createRedis({ url: config.REDIS_URL, role: 'subscriber' }), silentLog);
+  const watch = new OperationWatch(store, subscriber, silentLog, 2000);
   const app = createApp({
     store,
     creates: new CreateBatcher(store, queue, silentLog),
+    watch,
     auth: jwtAuthenticator(config),
     config,
     log: silentLog,
@@ -75,6 +80,7 @@ export async function createApiContextFor(config: Config) {
     redis,
     store,
     queue,
+    watch,
     app,
     token,
     /** app.request with a valid token unless the init sets its own authorization. */
@@ -93,6 +99,7 @@ export async function createApiContextFor(config: Config) {
     async close() {
       await deleteKeys(redis, config.REDIS_PREFIX);
       await queue.close();
+      await subscriber.close();
       await redis.quit();
     },
   };
