@@ -76,9 +76,12 @@ export class OperationWatch {
     return stop;
   }
 
-  /** Operations watched now. */
+  /** Watchers now, and channels subscribed for them. */
   get size(): number {
     return this.watchers.size;
+  }
+  get channelCount(): number {
+    return this.channels.size;
   }
 
   /** Shutdown: every watcher answers now, and no new one starts. */
