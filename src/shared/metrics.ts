@@ -16,7 +16,7 @@ export class ApiSeries {
       name: 'http_request_duration_seconds',
       help: 'HTTP request duration by method, route template and status',
       labelNames: ['method', 'route', 'status'] as const,
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30, 60], // up to 60 s: Prefer: wait holds requests that long
       registers: [registry],
     });
     this.operationsCreated = new Counter({
