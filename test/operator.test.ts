@@ -30,7 +30,9 @@ describe('GET /openapi.json', () => {
           .replace(/^\/(v1\.0|beta)(?=\/)/, '')
           .replace(/^\/connections\//, '/external/connections/')
           .replace(/:(\w+)/g, '{$1}')
-          .replace(/%24ref$/, '$ref');
+          .replace(/%24ref$/, '$ref')
+          // The $ref creates are routed through a {ref} parameter (operation-routes.ts says why).
+          .replace(/\{ref\}$/, '$ref');
         return `${route.method.toLowerCase()} ${path}`;
       });
     const documented = Object.entries(document.paths).flatMap(([path, methods]) => Object.keys(methods).map((method) => `${method} ${path}`));
@@ -58,6 +60,23 @@ describe('GET /openapi.json', () => {
     expect(operationListSchema.safeParse(await list.json()).success).toBe(true);
     const error = await ctx.post('/external/connections/contosohr/operations', { id: 'a' });
     expect(graphErrorSchema.safeParse(await error.json()).success).toBe(true);
+    const canceled = await ctx.request('/external/connections/contosohr/operations/a/cancel', { method: 'POST' });
+    expect(operationResourceSchema.safeParse(await canceled.json()).success).toBe(true);
+  });
+
+  it('describes waiting, the event stream and cancel', () => {
+    const document = buildOpenApiDocument() as unknown as OpenApiDocument & {
+      paths: Record<string, Record<string, { parameters?: { in: string; name: string }[] }>>;
+    };
+    const operation = document.paths['/external/connections/{connectionId}/operations/{operationId}']!;
+    expect(Object.keys(operation.get!.responses['200']!.content!)).toEqual(['application/json', 'text/event-stream']);
+    expect(operation.get!.parameters).toContainEqual(expect.objectContaining({ in: 'header', name: 'prefer' }));
+    expect(document.paths['/external/connections/{connectionId}/operations']!.post!.parameters).toContainEqual(
+      expect.objectContaining({ in: 'header', name: 'prefer' }),
+    );
+    expect(Object.keys(document.paths['/external/connections/{connectionId}/operations/{operationId}/cancel']!.post!.responses)).toEqual(
+      expect.arrayContaining(['200', '404', '409', '403']),
+    );
   });
 });
 
