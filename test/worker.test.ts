@@ -118,27 +118,41 @@ describe('the HTTP processor', () => {
     expect(endpoint.requests[0]?.signature).toBeUndefined();
   });
 
-  it('fails at once with the errorCode and message of a 4xx Graph error', async () => {
+  it('fails at once with the code, message, target and details of a 4xx Graph error, stored as both error models', async () => {
     const endpoint = await startProcessorServer((_body, _req, res) =>
-      json(res, 422, { error: { code: 'invalidItem', message: 'The item has no title' } }),
+      json(res, 422, {
+        error: { code: 'invalidItem', message: 'The item has no title', target: 'item', details: [{ code: 'required', message: 'no title', target: 'title' }] },
+      }),
     );
     closers.push(endpoint.close);
     startWorker(httpProcessor({ url: endpoint.url, timeoutMs: 2000 }));
     await submit('graph-4xx');
-    expect(await terminal('graph-4xx')).toMatchObject({
-      status: 'failed',
-      error: { errorCode: 'invalidItem', message: 'The item has no title', details: [] },
+    const operation = await terminal('graph-4xx');
+    expect(operation.status).toBe('failed');
+    expect(operation.error).toEqual({
+      errorCode: 'invalidItem',
+      code: 'invalidItem',
+      message: 'The item has no title',
+      target: 'item',
+      details: [{ source: 'title', target: 'title', code: 'required', message: 'no title' }],
     });
     expect(endpoint.requests).toHaveLength(1);
   });
 
-  it('fails at once with an errorDetail body of a 4xx answer', async () => {
+  it('fails at once with an errorDetail body of a 4xx answer, stored as both error models', async () => {
     const detail = { errorCode: 'schemaMismatch', message: 'Property title is missing', details: [{ source: 'title', message: 'required' }] };
     const endpoint = await startProcessorServer((_body, _req, res) => json(res, 400, detail));
     closers.push(endpoint.close);
     startWorker(httpProcessor({ url: endpoint.url, timeoutMs: 2000 }));
     await submit('detail-4xx');
-    expect(await terminal('detail-4xx')).toMatchObject({ status: 'failed', error: detail });
+    const operation = await terminal('detail-4xx');
+    expect(operation.status).toBe('failed');
+    expect(operation.error).toEqual({
+      errorCode: 'schemaMismatch',
+      code: 'schemaMismatch',
+      message: 'Property title is missing',
+      details: [{ source: 'title', target: 'title', message: 'required' }],
+    });
     expect(endpoint.requests).toHaveLength(1);
   });
 
@@ -172,6 +186,7 @@ describe('the HTTP processor', () => {
     const operation = await terminal('down');
     expect(operation.error).toEqual({
       errorCode: 'processorUnavailable',
+      code: 'processorUnavailable',
       message: 'Processing failed after 3 attempts: the processor answered 503 Service Unavailable',
       details: [],
     });

@@ -24,8 +24,9 @@ export const operationResourceSchema = z
       status: 'failed',
       error: {
         errorCode: 'invalidItem',
+        code: 'invalidItem',
         message: 'The item has no title',
-        details: [{ source: 'title', message: 'required' }],
+        details: [{ source: 'title', target: 'title', message: 'required' }],
       },
       createdDateTime: '2026-11-29T10:00:00.000Z',
       lastActionDateTime: '2026-11-29T10:00:01.250Z',

@@ -6,26 +6,51 @@ export const OPERATION_STATUSES = ['unspecified', 'inprogress', 'completed', 'fa
 export type OperationStatus = (typeof OPERATION_STATUSES)[number];
 export type TerminalStatus = 'completed' | 'failed';
 
+/**
+ * An operation's error is read by two models. The seed's connectionOperation has an errorDetail
+ * (`errorCode`, `message`, `details[{source, message}]`); today's v1.0 Graph SDK models (Kiota)
+ * read it as a publicError (`code`, `message`, `target`, `details[{code, message, target}]`).
+ * The schemas accept either spelling, and `storedError` writes the superset of both, so a client
+ * of either model reads every field it knows.
+ */
 export const innerErrorDetailSchema = z.object({
   source: z.string().optional(),
+  target: z.string().optional().describe('The same value as source (publicErrorDetail).'),
+  code: z.string().optional(),
   message: z.string().optional(),
 });
 
 export const errorDetailSchema = z.object({
   errorCode: z.string(),
-  /** The same value as errorCode, for clients that read the error as Graph's publicError. */
-  code: z.string().optional(),
+  code: z.string().optional().describe('The same value as errorCode (publicError).'),
   message: z.string(),
+  target: z.string().optional(),
   details: z.array(innerErrorDetailSchema).default([]),
 });
 export type ErrorDetail = z.infer<typeof errorDetailSchema>;
+export type InnerErrorDetail = z.infer<typeof innerErrorDetailSchema>;
+
+/** The error as it is stored and answered: the seed's errorDetail and Graph's publicError at
+ *  once. `errorCode` and `code` carry the same value (errorCode's, when both were given), and so
+ *  do each detail's `source` and `target` (source's); `target` and codes only when known. */
+export function storedError({ errorCode, message, target, details }: ErrorDetail): ErrorDetail {
+  return { errorCode, code: errorCode, message, ...(target === undefined ? {} : { target }), details: details.map(storedDetail) };
+}
+
+function storedDetail({ source, target, code, message }: InnerErrorDetail): InnerErrorDetail {
+  const where = source ?? target;
+  return {
+    ...(where === undefined ? {} : { source: where, target: where }),
+    ...(code === undefined ? {} : { code }),
+    ...(message === undefined ? {} : { message }),
+  };
+}
 
 /** What a cancelled operation records. Graph's status enum has no "canceled": it is a failure
  *  with this code, under both names clients read it by. */
 export const OPERATION_CANCELED = 'operationCanceled';
 export const canceledError: ErrorDetail = {
   errorCode: OPERATION_CANCELED,
-  code: OPERATION_CANCELED,
   message: 'The operation was canceled by a client.',
   details: [],
 };

@@ -1,5 +1,5 @@
 import { createKeys, connectionTag, parseConnectionTag, type ConnectionRef, type Keys } from './keys.js';
-import type { ErrorDetail, Operation, OperationRef, OperationStatus, TerminalStatus } from './operation.js';
+import { storedError, type ErrorDetail, type Operation, type OperationRef, type OperationStatus, type TerminalStatus } from './operation.js';
 import type { RedisClient } from './redis.js';
 import { scripts } from './scripts.js';
 
@@ -146,7 +146,7 @@ export class OperationStore {
   async finishMany(connection: ConnectionRef, outcomes: AttemptOutcome[]): Promise<FinishResult[]> {
     const args: (string | number)[] = [];
     for (const { operationId, holder, status, error } of outcomes) {
-      args.push(operationId, holder ?? '', status, error ? JSON.stringify(error) : '');
+      args.push(operationId, holder ?? '', status, error ? errorJson(error) : '');
     }
     const reply = (await scripts.finish.run(this.redis, this.terminalKeys(connection), [...this.terminalArgs(connection), ...args])) as number[];
     return reply.map((result) => FINISH_RESULTS[result]!);
@@ -161,19 +161,19 @@ export class OperationStore {
     const reply = (await scripts.cancel.run(this.redis, this.terminalKeys(ref), [
       ...this.terminalArgs(ref),
       ref.operationId,
-      JSON.stringify(error),
+      errorJson(error),
       this.keys.cancelsPrefix(),
     ])) as string[];
-    const [result, status, errorJson, createdAt, lastActionAt] = reply;
+    const [result, status, storedJson, createdAt, lastActionAt] = reply;
     if (result === 'missing') return { result };
-    return { result: result as 'canceled' | 'ended', operation: toOperation(ref.operationId, status!, errorJson!, createdAt, lastActionAt) };
+    return { result: result as 'canceled' | 'ended', operation: toOperation(ref.operationId, status!, storedJson!, createdAt, lastActionAt) };
   }
 
   /** Claims the next attempt of several operations of one connection for job `jobId` ('' for
    *  the operations' own jobs), in one atomic script (the claim script says what each result
    *  means). */
   async claim(connection: ConnectionRef, jobId: string, requests: ClaimRequest[], rules: ClaimRules): Promise<ClaimResult[]> {
-    const args: (string | number)[] = [rules.leaseMs, rules.attempts, JSON.stringify(rules.exhausted), jobId];
+    const args: (string | number)[] = [rules.leaseMs, rules.attempts, errorJson(rules.exhausted), jobId];
     for (const { operationId, holder } of requests) args.push(operationId, holder);
     const reply = (await scripts.claim.run(this.redis, this.terminalKeys(connection), [...this.terminalArgs(connection), ...args])) as [
       string,
@@ -322,6 +322,11 @@ export class OperationStore {
     if (this.registered.size > 100_000) this.registered.clear();
     this.registered.set(tag, now);
   }
+}
+
+/** Every error is stored in the shape both Graph models read (operation.ts, storedError). */
+function errorJson(error: ErrorDetail): string {
+  return JSON.stringify(storedError(error));
 }
 
 export function inprogressOperation(id: string, createdAt: number): Operation {

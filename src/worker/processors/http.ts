@@ -15,8 +15,14 @@ export interface HttpProcessorOptions {
 /** Statuses that say "try again later" rather than "this operation is wrong". */
 const RETRYABLE_STATUSES = new Set([408, 429]);
 
+/** Graph's error body, as a processor may answer it (publicError's fields). */
 const graphErrorSchema = z.object({
-  error: z.object({ code: z.string(), message: z.string() }),
+  error: z.object({
+    code: z.string(),
+    message: z.string(),
+    target: z.string().optional(),
+    details: z.array(z.object({ code: z.string().optional(), message: z.string().optional(), target: z.string().optional() })).optional(),
+  }),
 });
 
 /**
@@ -81,6 +87,9 @@ function errorDetailFromBody(text: string): ErrorDetail | undefined {
   const detail = errorDetailSchema.safeParse(json);
   if (detail.success) return detail.data;
   const graph = graphErrorSchema.safeParse(json);
-  if (graph.success) return { errorCode: graph.data.error.code, message: graph.data.error.message, details: [] };
+  if (graph.success) {
+    const { code, message, target, details = [] } = graph.data.error;
+    return { errorCode: code, message, ...(target === undefined ? {} : { target }), details };
+  }
   return undefined;
 }
