@@ -3,6 +3,7 @@ import { Hono, type MiddlewareHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import { ADMIN_BASE_PATH } from './admin.js';
 import type { Authenticator } from './auth.js';
+import { batchRoutes } from './batch.js';
 import type { AppDeps, AppEnv } from './env.js';
 import { GraphError, badRequest, graphErrorResponse } from './errors.js';
 import { observeRequests } from './observe-requests.js';
@@ -32,6 +33,9 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     if (deps.rateLimit) app.use(`${base}/*`, deps.rateLimit);
     app.route(base, operations);
   }
+
+  // A batch's requests run through this same app (batch.ts).
+  app.route('/', batchRoutes({ auth: deps.auth, dispatch: async (request) => app.fetch(request) }));
 
   app.notFound((c) => {
     // A known path with another method is 405, as Graph answers, not an unknown route. Answered
@@ -111,8 +115,11 @@ const ALLOWED = OPERATION_ROUTES.map((route) => ({
   ),
 }));
 
-/** The methods a known operations path accepts, or undefined for an unknown path. */
+const BATCH_PATH = /^(?:\/v1\.0|\/beta)?\/(?:\$|%24)batch$/;
+
+/** The methods a known path of the Graph routes accepts, or undefined for an unknown path. */
 function allowedMethods(path: string): string | undefined {
+  if (BATCH_PATH.test(path)) return 'POST';
   const methods = [...new Set(ALLOWED.filter((route) => route.path.test(path)).map((route) => route.method))];
   return methods.length > 0 ? methods.sort().join(', ') : undefined;
 }

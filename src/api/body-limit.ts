@@ -5,24 +5,27 @@ import { GraphError } from './errors.js';
 /** Bodies above this are refused with 413, from Content-Length or while streaming. */
 export const MAX_BODY_BYTES = 1024 * 1024;
 
-function tooLarge(): never {
-  throw new GraphError(413, 'requestEntityTooLarge', `The request body is larger than ${MAX_BODY_BYTES} bytes (1 MiB).`);
-}
-
-const streamingLimit = bodyLimit({ maxSize: MAX_BODY_BYTES, onError: tooLarge });
-
 /**
- * Refuses a body over MAX_BODY_BYTES. A declared Content-Length is checked from the header
+ * Refuses a body over `maxBytes` (413). A declared Content-Length is checked from the header
  * alone; Hono's bodyLimit, which counts while streaming, serves bodies sent without one
  * (chunked). It is not used for every request because it reads c.req.raw.body, which makes
  * @hono/node-server build a full fetch Request.
  */
-export const limitBody: MiddlewareHandler = async (c, next) => {
-  const length = c.req.header('content-length');
-  if (length === undefined || c.req.header('transfer-encoding') !== undefined) return streamingLimit(c, next);
-  if (Number(length) > MAX_BODY_BYTES) tooLarge();
-  await next();
-};
+export function limitBodyTo(maxBytes: number): MiddlewareHandler {
+  const tooLarge = (): never => {
+    throw new GraphError(413, 'requestEntityTooLarge', `The request body is larger than ${maxBytes} bytes (${maxBytes / 1024 / 1024} MiB).`);
+  };
+  const streamingLimit = bodyLimit({ maxSize: maxBytes, onError: tooLarge });
+  return async (c, next) => {
+    const length = c.req.header('content-length');
+    if (length === undefined || c.req.header('transfer-encoding') !== undefined) return streamingLimit(c, next);
+    if (Number(length) > maxBytes) tooLarge();
+    await next();
+  };
+}
+
+/** The limit of an operation's body. */
+export const limitBody = limitBodyTo(MAX_BODY_BYTES);
 
 /**
  * Refuses a body sent with a Content-Encoding other than identity (415): the service does not

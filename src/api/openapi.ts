@@ -2,6 +2,7 @@ import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
 import { serveStatic } from '@hono/node-server/serve-static';
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
+import { batchRoute } from './batch-routes.js';
 import { OPERATION_ROUTES } from './operation-routes.js';
 import { healthRoute, metricsRoute, readyRoute } from './operator-routes.js';
 
@@ -19,7 +20,7 @@ const DESCRIPTION = [
   '',
   `The operation routes are listed once, under ${DOCUMENTED_FAMILY}. The same routes are served under`,
   '`/connections` (the beta path family), and both families also under the `/v1.0` and `/beta` prefixes,',
-  'so a Graph SDK pointed at `http://host:port/v1.0` works unchanged. The operator routes',
+  'so a Graph SDK pointed at `http://host:port/v1.0` works unchanged; so is `/$batch`. The operator routes',
   '(/healthz, /readyz, /metrics, /openapi.json, /docs) are served at the root only.',
 ].join('\n');
 
@@ -50,7 +51,7 @@ export function buildOpenApiDocument() {
   for (const route of OPERATION_ROUTES) {
     if (!('hide' in route && route.hide)) registry.openAPIRegistry.registerPath({ ...route, path: `${DOCUMENTED_FAMILY}${route.path}` });
   }
-  for (const route of [healthRoute, readyRoute, metricsRoute, documentRoute, docsRoute]) registry.openAPIRegistry.registerPath(route);
+  for (const route of [batchRoute, healthRoute, readyRoute, metricsRoute, documentRoute, docsRoute]) registry.openAPIRegistry.registerPath(route);
   return registry.getOpenAPI31Document({
     openapi: '3.1.0',
     info: { title: 'Connection operations', version: '1.0.0', description: DESCRIPTION },
