@@ -3,7 +3,9 @@ import type { AddressInfo } from 'node:net';
 
 /**
  * A real HTTP processor for end-to-end tests: it answers 200 after a delay, so operations are
- * in flight long enough for a test to kill a worker mid-job, and records every call.
+ * in flight long enough for a test to kill a worker mid-job (or cancel one: a delay may be a
+ * minute, and a call the worker closes first is recorded as aborted, never answered), and
+ * records every call.
  *
  * Each worker gets its own URL, `http://127.0.0.1:<port>/<worker>?delayMs=<n>`, so the server
  * knows which worker sent each call and which calls each worker has in flight.
@@ -17,13 +19,16 @@ export interface ProcessorCall {
   receivedAt: number;
   /** When the 200 was written; undefined while in flight. */
   answeredAt?: number;
+  /** When the worker closed the request before it was answered (it aborted the call, or it
+   *  died); the call is never answered then. */
+  abortedAt?: number;
 }
 
 export interface ProcessorServer {
   /** The PROCESSOR_URL for one worker. */
   urlFor(worker: string, delayMs: number): string;
   readonly calls: ProcessorCall[];
-  /** Calls not answered yet, optionally of one worker. */
+  /** Calls still open (neither answered nor aborted), optionally of one worker. */
   inFlight(worker?: string): ProcessorCall[];
   /** How many times the processor was called for each operation id. */
   timesSeen(): Map<string, number>;
@@ -59,12 +64,21 @@ export async function startProcessorServer(): Promise<ProcessorServer> {
     inFlight.add(call);
     server.onCall?.(call);
     const delayMs = Number(url.searchParams.get('delayMs') ?? 0);
-    setTimeout(() => {
+    const answer = setTimeout(() => {
       inFlight.delete(call);
       call.answeredAt = Date.now();
-      // The worker may have been killed meanwhile; writing to its closed socket is harmless.
+      // A worker that closed the request while its body was read is not seen below; writing to
+      // its closed socket is harmless.
       res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
     }, delayMs);
+    // 'close' also follows a written answer; before one, the worker closed the request (it
+    // aborted the call, or it was killed): recorded, and never answered.
+    res.once('close', () => {
+      if (call.answeredAt !== undefined) return;
+      clearTimeout(answer);
+      inFlight.delete(call);
+      call.abortedAt = Date.now();
+    });
   };
 
   const http = createServer((req, res) => {
