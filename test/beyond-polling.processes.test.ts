@@ -529,7 +529,18 @@ describe('on one redis-server, an API and workers of their own for each test', (
       () =>
         lost.every((id) => linesAbout(workers, FINISHED, id).length > 0) &&
         won.every((id) => !callOf(id) || linesAbout(workers, CANCELED_WHILE_RUNNING, id).length + linesAbout(workers, NOT_RECORDED, id).length > 0),
-      { timeoutMs: 5000, what: "the workers' log lines for every operation", context: () => group.describe() },
+      {
+        timeoutMs: 5000,
+        what: "the workers' log lines for every operation",
+        context: () => {
+          const unlogged = [
+            ...lost.filter((id) => linesAbout(workers, FINISHED, id).length === 0).map((id) => `${id} (completed)`),
+            ...won.filter((id) => callOf(id) && linesAbout(workers, CANCELED_WHILE_RUNNING, id).length + linesAbout(workers, NOT_RECORDED, id).length === 0).map((id) => `${id} (canceled)`),
+          ];
+          const about = (id: string) => workers.flatMap((worker) => worker.logs.filter((line) => JSON.stringify(line).includes(id.split(' ')[0]!)));
+          return `without their line: ${unlogged.join(', ')}\n${unlogged.slice(0, 3).map((id) => JSON.stringify(about(id))).join('\n')}`;
+        },
+      },
     );
     const seen = processor.timesSeen();
     const endings: string[] = [];

@@ -71,8 +71,13 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics): P
       // event streams end; the other in-flight requests finish; idle keep-alives are dropped.
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       watch.close();
+      // Node drops the keep-alive connections idle now, not those that become idle later (the
+      // held requests just answered, the requests still in flight): it waits for them to time
+      // out. So they are dropped as they become idle, until the server has closed.
       server.closeIdleConnections();
+      const dropIdle = setInterval(() => server.closeIdleConnections(), 50);
       await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, config.SHUTDOWN_TIMEOUT_MS).unref())]);
+      clearInterval(dropIdle);
       await queue.close();
       await subscriber.close();
       await redis.quit().catch(() => redis.disconnect());

@@ -59,6 +59,10 @@ export class Attempts {
   readonly processId = randomBytes(6).toString('base64url');
   private sequence = 0;
   private readonly held = new Map<string, Held>();
+  /** Holder tokens whose claim is on its way back from Redis, and the abort that came for one
+   *  of them first: the cancel's message and the claim's reply travel on two connections, so
+   *  the cancel of a just-claimed attempt can arrive before its claim does. */
+  private readonly claiming = new Map<string, Error | undefined>();
   private readonly claims: TickWriter<ClaimItem, ClaimResult>;
   private readonly outcomes: TickWriter<OutcomeItem, FinishResult>;
   private readonly renewal: NodeJS.Timeout;
@@ -82,9 +86,18 @@ export class Attempts {
   async claim(ref: OperationRef, jobId: string): Promise<Claim> {
     const holder = `${this.processId}:${(++this.sequence).toString(36)}`;
     const { tenantId, connectionId, operationId } = ref;
-    const result = await this.claims.submit({ tenantId, connectionId, operationId, jobId, holder });
+    this.claiming.set(holder, undefined);
+    let result: ClaimResult;
+    let abortedEarly: Error | undefined;
+    try {
+      result = await this.claims.submit({ tenantId, connectionId, operationId, jobId, holder });
+    } finally {
+      abortedEarly = this.claiming.get(holder);
+      this.claiming.delete(holder);
+    }
     if (result.kind !== 'claimed') return result;
     const held = new Held(ref, result.attempt, holder);
+    if (abortedEarly) held.abort(abortedEarly);
     this.held.set(holder, held);
     return {
       kind: 'claimed',
@@ -101,7 +114,8 @@ export class Attempts {
 
   /** Aborts the attempt `holder` holds, if it is still in flight here (a client canceled it). */
   abort(holder: string, reason: Error): void {
-    this.held.get(holder)?.abort(reason);
+    if (this.claiming.has(holder)) this.claiming.set(holder, reason);
+    else this.held.get(holder)?.abort(reason);
   }
 
   /** Forgets an attempt without writing anything: its operation ended without it (canceled). */

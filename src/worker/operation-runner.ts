@@ -69,6 +69,8 @@ export function createOperationRunner({ store, queue, processor, config, log, me
   /** Calls the processor once; never throws. */
   async function callProcessor(ref: OperationRef, held: HeldAttempt): Promise<Outcome> {
     const canceled = () => held.abortReason instanceof OperationCanceled;
+    // Canceled between its claim and now: the processor is not called at all.
+    if (canceled()) return { canceled: true };
     try {
       await processor({
         tenantId: ref.tenantId,
