@@ -6,6 +6,7 @@ import type { ErrorDetail, Operation, OperationRef, TerminalStatus } from '../sr
 import { createRedis } from '../src/shared/redis.js';
 import { Subscriber } from '../src/shared/subscriber.js';
 import { createWorker, type OperationWorker } from '../src/worker/worker.js';
+import { Attempts } from '../src/worker/attempts.js';
 import { OperationCanceled, type Processor } from '../src/worker/processor.js';
 import { createApiContext, signToken, silentLog, TENANT, type ApiContext } from './support/context.js';
 import { pollUntil, sleep } from './support/wait.js';
@@ -348,5 +349,27 @@ describe('cancel reaches the attempt', () => {
     await worker.close(1000);
     worker = undefined;
     await redis.quit();
+  });
+
+  it('keeps a cancel that arrives before its claim does, and the attempt is born aborted', async () => {
+    // The cancel's message and the claim's reply come on two connections: the cancel may win.
+    const ref = await created();
+    let attempts!: Attempts;
+    const store = {
+      claim: async (...args: Parameters<typeof ctx.store.claim>) => {
+        const results = await ctx.store.claim(...args);
+        attempts.abort(args[2][0]!.holder, new OperationCanceled());
+        return results;
+      },
+      finishMany: ctx.store.finishMany.bind(ctx.store),
+      renewLeases: ctx.store.renewLeases.bind(ctx.store),
+    };
+    attempts = new Attempts(store, { leaseMs: 30_000, attempts: 3, exhausted: { errorCode: 'x', message: 'x', details: [] } }, silentLog);
+    const claim = await attempts.claim(ref, (await ctx.store.batchJobOf(ref)) ?? '');
+    attempts.stop();
+    expect(claim.kind).toBe('claimed');
+    if (claim.kind !== 'claimed') return;
+    expect(claim.signal.aborted).toBe(true);
+    expect(claim.abortReason).toBeInstanceOf(OperationCanceled);
   });
 });
