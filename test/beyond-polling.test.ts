@@ -354,7 +354,6 @@ describe('cancel reaches the attempt', () => {
   it('keeps a cancel that arrives before its claim does, and the attempt is born aborted', async () => {
     // The cancel's message and the claim's reply come on two connections: the cancel may win.
     const ref = await created();
-    let attempts!: Attempts;
     const store = {
       claim: async (...args: Parameters<typeof ctx.store.claim>) => {
         const results = await ctx.store.claim(...args);
@@ -364,7 +363,7 @@ describe('cancel reaches the attempt', () => {
       finishMany: ctx.store.finishMany.bind(ctx.store),
       renewLeases: ctx.store.renewLeases.bind(ctx.store),
     };
-    attempts = new Attempts(store, { leaseMs: 30_000, attempts: 3, exhausted: { errorCode: 'x', message: 'x', details: [] } }, silentLog);
+    const attempts: Attempts = new Attempts(store, { leaseMs: 30_000, attempts: 3, exhausted: { errorCode: 'x', message: 'x', details: [] } }, silentLog);
     const claim = await attempts.claim(ref, (await ctx.store.batchJobOf(ref)) ?? '');
     attempts.stop();
     expect(claim.kind).toBe('claimed');
