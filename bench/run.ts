@@ -6,6 +6,7 @@ import { acceptScenario, type AcceptOutcome } from './scenarios/accept.js';
 import { e2eScenario, type E2eOutcome } from './scenarios/e2e.js';
 import { growthScenario, type GrowthOutcome } from './scenarios/growth.js';
 import { latencyScenario, type LatencyOutcome } from './scenarios/latency.js';
+import { WAIT_SECONDS, openFilesProblem, waitsScenario, type WaitsOutcome } from './scenarios/waits.js';
 
 /**
  * `npm run bench [-- flags]`: the service's throughput, latency and growth against baselines
@@ -19,10 +20,12 @@ const USAGE = `npm run bench -- [flags]
   --duration S         seconds per accept measurement and latency run (default 10, quick 3)
   --ops N              operations per end-to-end run (default 50000, the issue's; quick 10000)
   --concurrency N      HTTP connections (default 64)
-  --only LIST          scenarios, comma-separated: accept,e2e,latency,growth (default all)
+  --only LIST          scenarios, comma-separated: accept,e2e,latency,growth,waits (default all;
+                       waits is left out, with a note, when ulimit -n is too low for it)
   --memory-ops N       operations for Redis memory per op (default 20000, quick 5000)
   --list-large N       operations in the large connection of the list test (default 100000)
-  --rss-ops N          operations for the worker RSS test (default 200000, quick 50000)`;
+  --rss-ops N          operations for the worker RSS test (default 200000, quick 50000)
+  --waits N            Prefer: wait GETs held at once by the API in waits (default 5000)`;
 
 const values = parseFlags(
   {
@@ -35,6 +38,7 @@ const values = parseFlags(
     'memory-ops': { type: 'string' },
     'list-large': { type: 'string', default: '100000' },
     'rss-ops': { type: 'string' },
+    waits: { type: 'string' },
   },
   USAGE,
 );
@@ -53,8 +57,9 @@ const options = {
   memoryOps: intFlag('memory-ops', values['memory-ops'], quick ? 5_000 : 20_000),
   listLarge: intFlag('list-large', values['list-large'], 100_000),
   rssOps: intFlag('rss-ops', values['rss-ops'], quick ? 50_000 : 200_000),
+  waits: intFlag('waits', values.waits, 5_000),
 };
-const SCENARIOS = ['accept', 'e2e', 'latency', 'growth'] as const;
+const SCENARIOS = ['accept', 'e2e', 'latency', 'growth', 'waits'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 const selected = new Set<Scenario>();
 for (const name of (values.only ?? SCENARIOS.join(',')).split(',')) {
@@ -66,12 +71,23 @@ for (const name of (values.only ?? SCENARIOS.join(',')).split(',')) {
   }
   selected.add(scenario);
 }
+// waits holds thousands of sockets at once: with too few open files allowed, a run of every
+// scenario leaves it out (and says so), and --only waits stops here rather than after a build.
+const filesProblem = selected.has('waits') ? openFilesProblem(options.waits) : undefined;
+if (filesProblem) {
+  if (values.only !== undefined) {
+    process.stderr.write(`${filesProblem}\n`);
+    process.exit(2);
+  }
+  selected.delete('waits');
+}
 
 interface Outcomes {
   accept?: AcceptOutcome;
   e2e?: E2eOutcome;
   latency?: LatencyOutcome;
   growth?: GrowthOutcome;
+  waits?: WaitsOutcome;
 }
 
 async function runScenarios(ctx: BenchContext): Promise<Record<string, unknown>> {
@@ -81,6 +97,7 @@ async function runScenarios(ctx: BenchContext): Promise<Record<string, unknown>>
       `${options.ops < ISSUE_E2E_OPS ? ` (not the issue's ${fmt(ISSUE_E2E_OPS)}; short runs weigh JIT warm-up more)` : ''}` +
       `, scenarios ${[...selected].join(',')}`,
   );
+  if (filesProblem) log(`waits left out: ${filesProblem}`);
 
   const outcomes: Outcomes = {};
   // A scenario that fails (on a shared machine, someone's broad pkill can stop a measured
@@ -134,6 +151,12 @@ async function runScenarios(ctx: BenchContext): Promise<Record<string, unknown>>
     );
   }
 
+  if (selected.has('waits')) {
+    outcomes.waits = await timed(`waits: ${fmt(options.waits)} GETs with Prefer: wait=${WAIT_SECONDS} held by one API until their operations end`, () =>
+      waitsScenario(ctx, { rounds: options.rounds, held: options.waits, warmup: Math.min(500, options.waits) }),
+    );
+  }
+
   const rows = summaryRows(outcomes);
   log(
     `\n== summary (${options.rounds} round(s): ratios are medians of same-round ratios, other values medians; both over` +
@@ -143,7 +166,7 @@ async function runScenarios(ctx: BenchContext): Promise<Record<string, unknown>>
   return { options, summary: rows, ...outcomes };
 }
 
-function summaryRows({ accept, e2e, latency, growth }: Outcomes): SummaryRow[] {
+function summaryRows({ accept, e2e, latency, growth, waits }: Outcomes): SummaryRow[] {
   const rows: SummaryRow[] = [];
   const x = (value: number) => `${fmt(value, 2)}×`;
   const check = (value: number, limit: number, atLeast: boolean) => (Number.isFinite(value) ? (atLeast ? value >= limit : value <= limit) : false);
@@ -239,6 +262,47 @@ function summaryRows({ accept, e2e, latency, growth }: Outcomes): SummaryRow[] {
     rows.push({
       metric: '  worker RSS as is (no forced GC)',
       measured: `${mib(rss.workerBefore)} → ${mib(rss.workerAfter)} MiB (${signed(rss.growthPct)}%; 2nd half ${signed(rss.secondHalfGrowthPct)}%)`,
+      target: 'info',
+    });
+  }
+  if (waits) {
+    const ms = (value: number) => `${fmt(value, 1)} ms`;
+    const list = (pick: (run: WaitsOutcome['rounds'][number]) => string) => waits.rounds.map(pick).join(', ');
+    const kib = (bytes: number) => `${fmt(bytes / 1024, 1)} KiB`;
+    const undisturbed = `${waits.clean} undisturbed`;
+    rows.push({
+      metric: `held GETs (${fmt(waits.held)} at once, Prefer: wait=${WAIT_SECONDS}): answers`,
+      measured: `${fmt(waits.answers.ok)} of ${fmt(waits.answers.expected)} 200, terminal, Preference-Applied, after the release, before the wait ran out`,
+      target: 'all',
+      pass: waits.answers.ok === waits.answers.expected,
+    });
+    rows.push({
+      metric: '  terminal write → answer at client: p50, p99, max',
+      measured:
+        `${ms(waits.latency.p50)}, ${ms(waits.latency.p99)}, ${ms(waits.latency.max)} (max per round ${list((run) => fmt(run.latency.max))} ms;` +
+        ` the bench's own event-loop delay meanwhile, max ${ms(waits.clientLoopMax)})`,
+      target: 'info',
+    });
+    rows.push({
+      metric: '  API RSS per held request',
+      measured: `${kib(waits.bytesPerHeld)} (rounds ${list((run) => fmt(run.rss.perHeld / 1024, 1))}; ${undisturbed})`,
+      target: 'info',
+    });
+    rows.push({
+      metric: '  API JS heap per held request, after full GC',
+      measured: `${kib(waits.heapPerHeldAfterGc)} (rounds ${list((run) => fmt(run.afterFullGc.heapPerHeld / 1024, 1))})`,
+      target: 'info',
+    });
+    rows.push({
+      metric: '  API event-loop delay p99 (max): arriving, held, answering',
+      measured:
+        `${ms(waits.loopP99.opening)} (${ms(waits.loopMax.opening)}), ${ms(waits.loopP99.held)} (${ms(waits.loopMax.held)}),` +
+        ` ${ms(waits.loopP99.answering)} (${ms(waits.loopMax.answering)}); /metrics p99 after the answers ${ms(waits.metricsLagP99)}`,
+      target: 'info (idle: 10 ms)',
+    });
+    rows.push({
+      metric: `  all ${fmt(waits.held)} GETs held after; release → last answer`,
+      measured: `${fmt(waits.holdAllS, 2)} s; ${fmt(waits.answerAllS, 2)} s`,
       target: 'info',
     });
   }

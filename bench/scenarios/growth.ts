@@ -1,11 +1,11 @@
-import { join } from 'node:path';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { QUEUE_NAME } from '../../src/shared/queue.js';
 import { OperationStore } from '../../src/shared/store.js';
 import { driveToTerminal } from '../lib/drive.js';
-import { REPO_ROOT, processRssBytes, sleep, waitFor, type Child } from '../lib/harness.js';
+import { processRssBytes, sleep } from '../lib/harness.js';
 import { TENANT_ID } from '../lib/load.js';
+import { GC_PROBE, gcProbe, type GcProbe } from '../lib/probes.js';
 import { median } from '../lib/stats.js';
 import { SERVICE_PREFIX, serviceKeys, startSystem, type BenchContext, type System } from '../lib/systems.js';
 
@@ -241,28 +241,6 @@ async function createMany(store: OperationStore, connectionId: string, count: nu
     }
   };
   await Promise.all(Array.from({ length: Math.min(256, count) }, lane));
-}
-
-/** Heap numbers a process reports through bench/lib/gc-probe.mjs right after a full GC. */
-interface GcProbe {
-  seq: number;
-  rss: number;
-  heapUsed: number;
-  heapTotal: number;
-}
-
-const GC_PROBE = join(REPO_ROOT, 'bench', 'lib', 'gc-probe.mjs');
-
-async function gcProbe(child: Child): Promise<GcProbe> {
-  const last = () => {
-    const lines = child.stderrTail().match(/GCPROBE \{[^\n]*\}/g) ?? [];
-    return lines.length ? (JSON.parse(lines.at(-1)!.slice('GCPROBE '.length)) as GcProbe) : undefined;
-  };
-  const before = last()?.seq ?? 0;
-  process.kill(child.pid, 'SIGUSR2');
-  let probe: GcProbe | undefined;
-  await waitFor(() => (probe = last()) !== undefined && probe.seq > before, { timeoutMs: 10_000, intervalMs: 20, what: `${child.name} to answer the GC probe` });
-  return probe!;
 }
 
 function gcPair(before: GcProbe, after: GcProbe) {
