@@ -38,7 +38,8 @@ export class OperationWatch {
     private readonly store: Pick<OperationStore, 'get' | 'keys'>,
     private readonly subscriber: Subscriber,
     private readonly log: Pick<Logger, 'warn'>,
-    /** How long subscribing may take before a watcher gives up (Redis is away). */
+    /** How long subscribing may take before a watcher gives up (Redis is away), unless the
+     *  watcher says otherwise. */
     private readonly subscribeTimeoutMs: number,
   ) {
     subscriber.onResubscribed(() => void this.rereadAll());
@@ -48,9 +49,9 @@ export class OperationWatch {
    * Starts watching: resolves once the operation's channel is subscribed and the operation read
    * again after that, so a transition that happened between the caller's read and the
    * subscription is not missed (`ended` is called at once for it). Resolves to the function that
-   * stops watching. Rejects when the subscription or the read fails.
+   * stops watching. Rejects when subscribing fails or takes longer than `subscribeTimeoutMs`.
    */
-  async watch(watcher: Watcher): Promise<() => void> {
+  async watch(watcher: Watcher, subscribeTimeoutMs = this.subscribeTimeoutMs): Promise<() => void> {
     if (this.closed) throw new Error('The API is shutting down.');
     const channel = this.store.keys.changes(watcher.ref);
     let entry = this.channels.get(channel);
@@ -66,13 +67,15 @@ export class OperationWatch {
     this.watchers.add(watcher);
     const stop = () => this.unwatch(channel, watcher);
     try {
-      await withTimeout(entry.subscription, this.subscribeTimeoutMs);
-      const now = await this.store.get(watcher.ref);
-      if (now && now.status !== 'inprogress') watcher.ended(now);
+      await withTimeout(entry.subscription, subscribeTimeoutMs);
     } catch (error) {
       stop();
       throw error;
     }
+    // Subscribed: from here on no announcement is missed. A read that fails leaves a transition
+    // made before the subscription unseen until the watcher's own deadline reads it again.
+    const now = await this.store.get(watcher.ref).catch(() => undefined);
+    if (now && now.status !== 'inprogress') watcher.ended(now);
     return stop;
   }
 
@@ -158,7 +161,9 @@ export async function holdUntilEnded(
   let stop: (() => void) | undefined;
   try {
     try {
-      stop = await watch.watch({ ref, ended: (ended) => settle({ ended }), closing: () => settle('closing') });
+      // A held request may wait for its subscription as long as it waits for the operation: on
+      // a busy process (thousands of requests arriving at once) that can take a while.
+      stop = await watch.watch({ ref, ended: (ended) => settle({ ended }), closing: () => settle('closing') }, seconds * 1000);
     } catch {
       // Redis is away or the process is stopping: answer with what the caller read, unheld.
       return { operation, held: false };

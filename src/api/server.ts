@@ -41,7 +41,9 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics): P
     : undefined;
   // The one pub/sub connection of this process: the waits and event streams share it.
   const subscriber = new Subscriber(createRedis({ url: config.REDIS_URL, role: 'subscriber', connectionName: 'cops-api-events' }), log);
-  const watch = new OperationWatch(store, subscriber, log, config.REDIS_COMMAND_TIMEOUT_MS);
+  // An event stream waits up to 5 s for its subscription (a held request, up to its wait): a
+  // process with thousands of requests arriving at once takes longer than a command timeout.
+  const watch = new OperationWatch(store, subscriber, log, 5_000);
   const admin =
     config.ADMIN_USER && config.ADMIN_PASSWORD
       ? adminRoutes({ queues: queue.queues, user: config.ADMIN_USER, password: config.ADMIN_PASSWORD, readOnly: config.ADMIN_READ_ONLY })
