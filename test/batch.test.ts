@@ -205,6 +205,11 @@ describe('fuzzed batches', () => {
       body: fc.oneof(fc.jsonValue({ maxDepth: 2 }).filter((value) => typeof value === 'object'), fc.base64String({ maxLength: 40 })),
     },
     { requiredKeys: ['id', 'method', 'url', 'headers'] },
+  ).map(({ body, ...request }) =>
+    // A body only where Graph's rules allow one: not on a GET, and with a Content-Type.
+    request.method === 'GET' || body === undefined
+      ? request
+      : { ...request, body, headers: { 'Content-Type': 'application/json', ...request.headers } },
   );
 
   it('never answers 5xx, and answers every id of a batch it accepts', async () => {
@@ -223,6 +228,6 @@ describe('fuzzed batches', () => {
       }),
       { numRuns: 200 },
     );
-    expect(accepted).toBeGreaterThan(40);
+    expect(accepted).toBeGreaterThan(60); // about half the runs are plausible batches, all accepted
   });
 });
