@@ -16,7 +16,9 @@ import { OperationWatch } from './operation-watch.js';
 import { rateLimitPerTenant } from './rate-limit.js';
 
 /** Builds the API's connections and serves it; resolves once it listens. */
-export async function startApi(config: Config, log: Logger, metrics: Metrics): Promise<Service & { port: number }> {
+/** `shared.subscriber`: the process's pub/sub connection when another role shares the process
+ *  (npm start); the API then leaves closing it to the caller. */
+export async function startApi(config: Config, log: Logger, metrics: Metrics, shared: { subscriber?: Subscriber } = {}): Promise<Service & { port: number }> {
   const auth = jwtAuthenticator(config);
   const redis = createRedis({
     url: config.REDIS_URL,
@@ -40,7 +42,7 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics): P
     ? rateLimitPerTenant(redis, store.keys, config.RATE_LIMIT_PER_TENANT)
     : undefined;
   // The one pub/sub connection of this process: the waits and event streams share it.
-  const subscriber = new Subscriber(createRedis({ url: config.REDIS_URL, role: 'subscriber', connectionName: 'cops-api-events' }), log);
+  const subscriber = shared.subscriber ?? new Subscriber(createRedis({ url: config.REDIS_URL, role: 'subscriber', connectionName: 'cops-api-events' }), log);
   // An event stream waits up to 5 s for its subscription (a held request, up to its wait): a
   // process with thousands of requests arriving at once takes longer than a command timeout.
   const watch = new OperationWatch(store, subscriber, log, 5_000);
@@ -81,7 +83,7 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics): P
       await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, config.SHUTDOWN_TIMEOUT_MS).unref())]);
       clearInterval(dropIdle);
       await queue.close();
-      await subscriber.close();
+      if (!shared.subscriber) await subscriber.close();
       await redis.quit().catch(() => redis.disconnect());
     },
   };

@@ -32,14 +32,16 @@ export async function configuredProcessor(config: Config, log: Logger): Promise<
 
 /** Builds a worker process's connections, the BullMQ workers, the reconciler and, when
  *  WORKER_HEALTH_PORT is set, its health server. */
-export async function startWorker(config: Config, log: Logger, metrics: Metrics): Promise<Service> {
+/** `shared.subscriber`: the process's pub/sub connection when another role shares the process
+ *  (npm start); the worker then leaves closing it to the caller. */
+export async function startWorker(config: Config, log: Logger, metrics: Metrics, shared: { subscriber?: Subscriber } = {}): Promise<Service> {
   const processor = await configuredProcessor(config, log);
   const redis = createRedis({ url: config.REDIS_URL, role: 'consumer', connectionName: 'cops-worker' });
   await connectRedis(redis, config.REDIS_URL, log);
   await warnUnlessNoEviction(redis, log);
 
   const { store, queue } = operationsFor(config, redis, log);
-  const subscriber = new Subscriber(createRedis({ url: config.REDIS_URL, role: 'subscriber', connectionName: 'cops-worker-events' }), log);
+  const subscriber = shared.subscriber ?? new Subscriber(createRedis({ url: config.REDIS_URL, role: 'subscriber', connectionName: 'cops-worker-events' }), log);
   const worker = createWorker({ connection: redis, store, queue, processor, config, log, metrics, subscriber });
   await worker.hearingCancels.catch((error: unknown) => {
     log.warn({ err: error }, 'could not subscribe to cancels; a canceled attempt is aborted at its next lease renewal instead');
@@ -79,7 +81,7 @@ export async function startWorker(config: Config, log: Logger, metrics: Metrics)
       await reconciler.stop();
       await worker.close(config.SHUTDOWN_TIMEOUT_MS);
       await queue.close();
-      await subscriber.close();
+      if (!shared.subscriber) await subscriber.close();
       await redis.quit().catch(() => redis.disconnect());
     },
   };
