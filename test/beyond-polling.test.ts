@@ -176,6 +176,29 @@ describe('Prefer: wait', () => {
     await subscriber.close();
   });
 
+  it('never misses a transition announced while its pub/sub connection was down: it reads again after resubscribing', async () => {
+    const name = `watch-reconnect-${Date.now()}`;
+    const subscriber = new Subscriber(createRedis({ url: ctx.config.REDIS_URL, role: 'subscriber', connectionName: name }), silentLog);
+    const watch = new OperationWatch(ctx.store, subscriber, silentLog, 2000);
+    const ref = await created();
+    const inprogress = (await ctx.store.get(ref)) as Operation;
+    const held = holdUntilEnded(watch, inprogress, ref, 20, new AbortController().signal, ctx.store);
+    await pollUntil(() => watch.size === 1, { timeoutMs: 5000, what: 'the request to be held' });
+    // Cut the subscriber's connection, and end the operation before it is back: the
+    // announcement reaches nobody.
+    const clients = (await ctx.redis.call('CLIENT', 'LIST')) as string;
+    const id = /id=(\d+) [^\n]*name=(\S+)/g;
+    const ours = [...clients.matchAll(id)].find((match) => match[2] === name)?.[1];
+    expect(ours).toBeDefined();
+    await ctx.redis.call('CLIENT', 'KILL', 'ID', ours!);
+    await ctx.store.finish(ref, 'completed');
+    const started = Date.now();
+    const answer = await held;
+    expect(answer?.operation.status).toBe('completed');
+    expect(Date.now() - started).toBeLessThan(5000);
+    await subscriber.close();
+  });
+
   it('answers every held request with the current state when the watch closes (shutdown)', async () => {
     const subscriber = new Subscriber(createRedis({ url: ctx.config.REDIS_URL, role: 'subscriber' }), silentLog);
     const watch = new OperationWatch(ctx.store, subscriber, silentLog, 2000);
