@@ -13,7 +13,18 @@ const withRequestIds = new WeakSet<Response>();
  * (eslint.config.js refuses c.header() in src/api, so the trap is a lint error, not a surprise).
  */
 export function jsonResponse(c: Context<AppEnv>, body: unknown, status: number, headers: Record<string, string> = {}): JsonAnswer {
-  return answer(c, JSON.stringify(body), status, 'application/json', headers);
+  const text = JSON.stringify(body);
+  const response = answer(c, text, status, 'application/json', headers);
+  jsonTexts.set(response, text);
+  return response;
+}
+
+/** The JSON text of each jsonResponse() answer, for a $batch that embeds it without reading the
+ *  body stream back and parsing it again (api/batch.ts). */
+const jsonTexts = new WeakMap<Response, string>();
+
+export function jsonTextOf(response: Response): string | undefined {
+  return jsonTexts.get(response);
 }
 
 /** Any answer of the operation routes (JSON, an event stream), with the request's ids. */
