@@ -140,6 +140,10 @@ export function runSession(values: SessionValues, options: SessionOptions, run: 
     const startedAt = new Date();
     const serviceEntry = buildService(values, serviceFrom);
     redisServer = await startRedisServer(['--appendonly', 'no']);
+    // Started by scripts/lib/redis-server.ts, not through the harness: without this, its CPU
+    // (about 40% of a core in an accept run) counted as other sessions' load.
+    const server = redisServer;
+    harness.countAsOwn(() => server.pid);
     const redis = new Redis(redisServer.url, { maxRetriesPerRequest: null });
     harness.onCleanup(() => redis.disconnect());
     const redisVersion = /^redis_version:(\S+)/m.exec(await redis.info('server'))?.[1] ?? '?';
