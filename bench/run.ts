@@ -3,6 +3,7 @@ import { intFlag, parseFlags, runSession } from './lib/session.js';
 import { fmt } from './lib/stats.js';
 import type { BenchContext } from './lib/systems.js';
 import { acceptScenario, type AcceptOutcome } from './scenarios/accept.js';
+import { BATCH_SIZE, batchAcceptScenario, type BatchAcceptOutcome } from './scenarios/batch-accept.js';
 import { e2eScenario, type E2eOutcome } from './scenarios/e2e.js';
 import { growthScenario, type GrowthOutcome } from './scenarios/growth.js';
 import { latencyScenario, type LatencyOutcome } from './scenarios/latency.js';
@@ -20,8 +21,9 @@ const USAGE = `npm run bench -- [flags]
   --duration S         seconds per accept measurement and latency run (default 10, quick 3)
   --ops N              operations per end-to-end run (default 50000, the issue's; quick 10000)
   --concurrency N      HTTP connections (default 64)
-  --only LIST          scenarios, comma-separated: accept,e2e,latency,growth,waits (default all;
-                       waits is left out, with a note, when ulimit -n is too low for it)
+  --only LIST          scenarios, comma-separated: accept,batch-accept,e2e,latency,growth,waits
+                       (default all; waits is left out, with a note, when ulimit -n is too low
+                       for it)
   --memory-ops N       operations for Redis memory per op (default 20000, quick 5000)
   --list-large N       operations in the large connection of the list test (default 100000)
   --rss-ops N          operations for the worker RSS test (default 200000, quick 50000)
@@ -59,7 +61,7 @@ const options = {
   rssOps: intFlag('rss-ops', values['rss-ops'], quick ? 50_000 : 200_000),
   waits: intFlag('waits', values.waits, 5_000),
 };
-const SCENARIOS = ['accept', 'e2e', 'latency', 'growth', 'waits'] as const;
+const SCENARIOS = ['accept', 'batch-accept', 'e2e', 'latency', 'growth', 'waits'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 const selected = new Set<Scenario>();
 for (const name of (values.only ?? SCENARIOS.join(',')).split(',')) {
@@ -84,6 +86,7 @@ if (filesProblem) {
 
 interface Outcomes {
   accept?: AcceptOutcome;
+  batchAccept?: BatchAcceptOutcome;
   e2e?: E2eOutcome;
   latency?: LatencyOutcome;
   growth?: GrowthOutcome;
@@ -119,6 +122,12 @@ async function runScenarios(ctx: BenchContext): Promise<Record<string, unknown>>
   if (selected.has('accept')) {
     outcomes.accept = await timed(`accept: POST {} at c=${options.concurrency}, LOG_LEVEL=${ctx.serviceEnv.LOG_LEVEL ?? 'info'}, worker running`, () =>
       acceptScenario(ctx, { rounds: options.rounds, durationS: options.durationS, warmupS: quick ? 1 : 3, concurrency: options.concurrency }),
+    );
+  }
+  if (selected.has('batch-accept')) {
+    outcomes.batchAccept = await timed(
+      `batch-accept: creates through $batch (${BATCH_SIZE} per request) vs single POSTs, c=${options.concurrency} requests, LOG_LEVEL=${ctx.serviceEnv.LOG_LEVEL ?? 'info'}, worker running`,
+      () => batchAcceptScenario(ctx, { rounds: options.rounds, durationS: options.durationS, warmupS: quick ? 1 : 3, concurrency: options.concurrency }),
     );
   }
   if (selected.has('e2e')) {
@@ -166,7 +175,7 @@ async function runScenarios(ctx: BenchContext): Promise<Record<string, unknown>>
   return { options, summary: rows, ...outcomes };
 }
 
-function summaryRows({ accept, e2e, latency, growth, waits }: Outcomes): SummaryRow[] {
+function summaryRows({ accept, batchAccept, e2e, latency, growth, waits }: Outcomes): SummaryRow[] {
   const rows: SummaryRow[] = [];
   const x = (value: number) => `${fmt(value, 2)}×`;
   const check = (value: number, limit: number, atLeast: boolean) => (Number.isFinite(value) ? (atLeast ? value >= limit : value <= limit) : false);
@@ -183,6 +192,37 @@ function summaryRows({ accept, e2e, latency, growth, waits }: Outcomes): Summary
     });
     rows.push({ metric: '  medians: service, naive, bare req/s', measured: `${fmt(service)}, ${fmt(naive)}, ${fmt(bare)}`, target: 'info' });
     rows.push({ metric: 'accept: service / bare Hono', measured: `${x(vsBare.value)} (${rounds(vsBare)})`, target: 'info' });
+  }
+  if (batchAccept) {
+    const { single, batch } = batchAccept.medianOpsPerS;
+    const cpu = batchAccept.medianCpuPerOp;
+    const { single: singleMissed, batch: batchMissed } = batchAccept.notCreated;
+    const statuses = (byStatus: Record<string, number>) =>
+      Object.entries(byStatus)
+        .map(([status, count]) => `${fmt(count)}× ${status}`)
+        .join(', ');
+    rows.push({
+      metric: `batch-accept: ops/s through $batch of ${batchAccept.batchSize} / single POSTs (same-round ratio)`,
+      measured: `${x(batchAccept.ratio.value)} (${rounds(batchAccept.ratio)})`,
+      target: '≥ 3×',
+      pass: check(batchAccept.ratio.value, 3, true),
+    });
+    rows.push({ metric: '  medians: $batch, single ops/s', measured: `${fmt(batch)}, ${fmt(single)}`, target: 'info' });
+    rows.push({
+      metric: '  CPU µs per accepted op, $batch vs single: API, worker, Redis',
+      measured:
+        `${fmt(cpu.batch.api)} vs ${fmt(cpu.single.api)}, ${fmt(cpu.batch.worker)} vs ${fmt(cpu.single.worker)},` +
+        ` ${fmt(cpu.batch.redis)} vs ${fmt(cpu.single.redis)}`,
+      target: 'info',
+    });
+    rows.push({
+      metric: '  creates not answered 201 (warm-ups included)',
+      measured:
+        `$batch ${fmt(batchMissed.count)} of ${fmt(batchMissed.of)}${batchMissed.count ? ` (${statuses(batchMissed.byStatus)})` : ''};` +
+        ` single ${fmt(singleMissed.count)} of ${fmt(singleMissed.of)}${singleMissed.count ? ` (${statuses(singleMissed.byStatus)})` : ''}`,
+      target: 'none',
+      pass: batchMissed.count === 0 && singleMissed.count === 0,
+    });
   }
   if (e2e) {
     const { service, naive, raw } = e2e.medianOpsPerS;
