@@ -1,8 +1,12 @@
+import { execFileSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { REPO_ROOT } from './lib/harness.js';
 import { printTable, type SummaryRow } from './lib/report.js';
-import { intFlag, parseFlags, runSession } from './lib/session.js';
+import { buildRevision, intFlag, parseFlags, runSession } from './lib/session.js';
 import { fmt } from './lib/stats.js';
 import type { BenchContext } from './lib/systems.js';
-import { acceptScenario, type AcceptOutcome } from './scenarios/accept.js';
+import { acceptScenario, type AcceptOutcome, type RefBuild } from './scenarios/accept.js';
 import { BATCH_SIZE, batchAcceptScenario, type BatchAcceptOutcome } from './scenarios/batch-accept.js';
 import { e2eScenario, type E2eOutcome } from './scenarios/e2e.js';
 import { growthScenario, type GrowthOutcome } from './scenarios/growth.js';
@@ -27,7 +31,10 @@ const USAGE = `npm run bench -- [flags]
   --memory-ops N       operations for Redis memory per op (default 20000, quick 5000)
   --list-large N       operations in the large connection of the list test (default 100000)
   --rss-ops N          operations for the worker RSS test (default 200000, quick 50000)
-  --waits N            Prefer: wait GETs held at once by the API in waits (default 5000)`;
+  --waits N            Prefer: wait GETs held at once by the API in waits (default 5000)
+  --compare REV        also build the committed revision REV and run it as 'ref' in accept and
+                       e2e, alternated with the service in the same rounds (rows: service/ref,
+                       ref/naive); --ref instead benches REV alone`;
 
 const values = parseFlags(
   {
@@ -41,6 +48,7 @@ const values = parseFlags(
     'list-large': { type: 'string', default: '100000' },
     'rss-ops': { type: 'string' },
     waits: { type: 'string' },
+    compare: { type: 'string' },
   },
   USAGE,
 );
@@ -60,6 +68,7 @@ const options = {
   listLarge: intFlag('list-large', values['list-large'], 100_000),
   rssOps: intFlag('rss-ops', values['rss-ops'], quick ? 50_000 : 200_000),
   waits: intFlag('waits', values.waits, 5_000),
+  compare: values.compare,
 };
 const SCENARIOS = ['accept', 'batch-accept', 'e2e', 'latency', 'growth', 'waits'] as const;
 type Scenario = (typeof SCENARIOS)[number];
@@ -101,6 +110,16 @@ async function runScenarios(ctx: BenchContext): Promise<Record<string, unknown>>
       `, scenarios ${[...selected].join(',')}`,
   );
   if (filesProblem) log(`waits left out: ${filesProblem}`);
+  let ref: RefBuild | undefined;
+  if (options.compare && (selected.has('accept') || selected.has('e2e'))) {
+    // Under node_modules like --ref's build, in a directory of this process's own: another
+    // session's bench may be building or running its own revision meanwhile.
+    const root = join(REPO_ROOT, 'node_modules', '.cache', `cops-bench-compare-${process.pid}`);
+    ctx.harness.onCleanup(() => rmSync(root, { recursive: true, force: true }));
+    const commit = execFileSync('git', ['rev-parse', '--short', options.compare], { cwd: REPO_ROOT, encoding: 'utf8' }).trim();
+    ref = { rev: commit.startsWith(options.compare) ? commit : `${options.compare} (${commit})`, entry: buildRevision(options.compare, root) };
+    log(`ref: git ${ref.rev}, run as 'ref' next to the service in accept and e2e`);
+  }
 
   const outcomes: Outcomes = {};
   // A scenario that fails (on a shared machine, someone's broad pkill can stop a measured
@@ -121,7 +140,7 @@ async function runScenarios(ctx: BenchContext): Promise<Record<string, unknown>>
   };
   if (selected.has('accept')) {
     outcomes.accept = await timed(`accept: POST {} at c=${options.concurrency}, LOG_LEVEL=${ctx.serviceEnv.LOG_LEVEL ?? 'info'}, worker running`, () =>
-      acceptScenario(ctx, { rounds: options.rounds, durationS: options.durationS, warmupS: quick ? 1 : 3, concurrency: options.concurrency }),
+      acceptScenario(ctx, { rounds: options.rounds, durationS: options.durationS, warmupS: quick ? 1 : 3, concurrency: options.concurrency, ...(ref ? { ref } : {}) }),
     );
   }
   if (selected.has('batch-accept')) {
@@ -132,7 +151,7 @@ async function runScenarios(ctx: BenchContext): Promise<Record<string, unknown>>
   }
   if (selected.has('e2e')) {
     outcomes.e2e = await timed(`end to end: ${fmt(options.ops)} operations from POST to terminal`, () =>
-      e2eScenario(ctx, { rounds: options.rounds, ops: options.ops, concurrency: options.concurrency }),
+      e2eScenario(ctx, { rounds: options.rounds, ops: options.ops, concurrency: options.concurrency, ...(ref ? { ref } : {}) }),
     );
   }
   if (selected.has('latency')) {
@@ -175,6 +194,16 @@ async function runScenarios(ctx: BenchContext): Promise<Record<string, unknown>>
   return { options, summary: rows, ...outcomes };
 }
 
+/** "service 66/33/38; ref 64/32/37; …": each target's API/worker/Redis CPU µs, those present. */
+function cpuList(cpu: Partial<Record<string, { api: number; worker: number; redis: number }>>, targets: string[]): string {
+  return targets
+    .flatMap((target) => {
+      const value = cpu[target];
+      return value ? [`${target} ${fmt(value.api)}/${fmt(value.worker)}/${fmt(value.redis)}`] : [];
+    })
+    .join('; ');
+}
+
 function summaryRows({ accept, batchAccept, e2e, latency, growth, waits }: Outcomes): SummaryRow[] {
   const rows: SummaryRow[] = [];
   const x = (value: number) => `${fmt(value, 2)}×`;
@@ -192,6 +221,15 @@ function summaryRows({ accept, batchAccept, e2e, latency, growth, waits }: Outco
     });
     rows.push({ metric: '  medians: service, naive, bare req/s', measured: `${fmt(service)}, ${fmt(naive)}, ${fmt(bare)}`, target: 'info' });
     rows.push({ metric: 'accept: service / bare Hono', measured: `${x(vsBare.value)} (${rounds(vsBare)})`, target: 'info' });
+    if (accept.ref && accept.ratios.ref && accept.ratios.refNaive) {
+      rows.push({ metric: `accept: service / ref ${accept.ref}`, measured: `${x(accept.ratios.ref.value)} (${rounds(accept.ratios.ref)})`, target: 'info' });
+      rows.push({
+        metric: '  ref / naive (same-round ratio)',
+        measured: `${x(accept.ratios.refNaive.value)} (${rounds(accept.ratios.refNaive)}); ref ${fmt(accept.medianRps.ref ?? Number.NaN)} req/s`,
+        target: 'info',
+      });
+    }
+    rows.push({ metric: '  CPU µs/req api, worker, redis', measured: cpuList(accept.medianCpu, ['service', 'ref', 'naive', 'bare']), target: 'info' });
   }
   if (batchAccept) {
     const { single, batch } = batchAccept.medianOpsPerS;
@@ -240,6 +278,15 @@ function summaryRows({ accept, batchAccept, e2e, latency, growth, waits }: Outco
       pass: check(vsRaw.value, 0.5, true),
     });
     rows.push({ metric: '  medians: service, naive, raw ops/s', measured: `${fmt(service)}, ${fmt(naive)}, ${fmt(raw)}`, target: 'info' });
+    if (e2e.ref && e2e.ratios.ref && e2e.ratios.refNaive) {
+      rows.push({ metric: `end to end: service / ref ${e2e.ref}`, measured: `${x(e2e.ratios.ref.value)} (${rounds(e2e.ratios.ref)})`, target: 'info' });
+      rows.push({
+        metric: '  ref / naive (same-round ratio)',
+        measured: `${x(e2e.ratios.refNaive.value)} (${rounds(e2e.ratios.refNaive)}); ref ${fmt(e2e.medianOpsPerS.ref ?? Number.NaN)} ops/s`,
+        target: 'info',
+      });
+    }
+    rows.push({ metric: '  CPU µs/op api, worker, redis', measured: cpuList(e2e.medianCpu, ['service', 'ref', 'naive', 'raw']), target: 'info' });
   }
   if (latency) {
     rows.push({
