@@ -254,7 +254,7 @@ function summaryRows({ accept, batchAccept, e2e, latency, growth, waits }: Outco
       target: 'info',
     });
     rows.push({
-      metric: '  creates not answered 201 (warm-ups included)',
+      metric: '  creates not answered 201 (all runs, warm-ups included)',
       measured:
         `$batch ${fmt(batchMissed.count)} of ${fmt(batchMissed.of)}${batchMissed.count ? ` (${statuses(batchMissed.byStatus)})` : ''};` +
         ` single ${fmt(singleMissed.count)} of ${fmt(singleMissed.of)}${singleMissed.count ? ` (${statuses(singleMissed.byStatus)})` : ''}`,
