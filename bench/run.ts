@@ -1,8 +1,13 @@
+import { execFileSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { REPO_ROOT } from './lib/harness.js';
 import { printTable, type SummaryRow } from './lib/report.js';
-import { intFlag, parseFlags, runSession } from './lib/session.js';
+import { buildRevision, intFlag, parseFlags, runSession } from './lib/session.js';
 import { fmt } from './lib/stats.js';
 import type { BenchContext } from './lib/systems.js';
-import { acceptScenario, type AcceptOutcome } from './scenarios/accept.js';
+import { acceptScenario, type AcceptOutcome, type RefBuild } from './scenarios/accept.js';
+import { BATCH_SIZE, batchAcceptScenario, type BatchAcceptOutcome } from './scenarios/batch-accept.js';
 import { e2eScenario, type E2eOutcome } from './scenarios/e2e.js';
 import { growthScenario, type GrowthOutcome } from './scenarios/growth.js';
 import { latencyScenario, type LatencyOutcome } from './scenarios/latency.js';
@@ -20,12 +25,16 @@ const USAGE = `npm run bench -- [flags]
   --duration S         seconds per accept measurement and latency run (default 10, quick 3)
   --ops N              operations per end-to-end run (default 50000, the issue's; quick 10000)
   --concurrency N      HTTP connections (default 64)
-  --only LIST          scenarios, comma-separated: accept,e2e,latency,growth,waits (default all;
-                       waits is left out, with a note, when ulimit -n is too low for it)
+  --only LIST          scenarios, comma-separated: accept,batch-accept,e2e,latency,growth,waits
+                       (default all; waits is left out, with a note, when ulimit -n is too low
+                       for it)
   --memory-ops N       operations for Redis memory per op (default 20000, quick 5000)
   --list-large N       operations in the large connection of the list test (default 100000)
   --rss-ops N          operations for the worker RSS test (default 200000, quick 50000)
-  --waits N            Prefer: wait GETs held at once by the API in waits (default 5000)`;
+  --waits N            Prefer: wait GETs held at once by the API in waits (default 5000)
+  --compare REV        also build the committed revision REV and run it as 'ref' in accept and
+                       e2e, alternated with the service in the same rounds (rows: service/ref,
+                       ref/naive); --ref instead benches REV alone`;
 
 const values = parseFlags(
   {
@@ -39,6 +48,7 @@ const values = parseFlags(
     'list-large': { type: 'string', default: '100000' },
     'rss-ops': { type: 'string' },
     waits: { type: 'string' },
+    compare: { type: 'string' },
   },
   USAGE,
 );
@@ -58,8 +68,9 @@ const options = {
   listLarge: intFlag('list-large', values['list-large'], 100_000),
   rssOps: intFlag('rss-ops', values['rss-ops'], quick ? 50_000 : 200_000),
   waits: intFlag('waits', values.waits, 5_000),
+  compare: values.compare,
 };
-const SCENARIOS = ['accept', 'e2e', 'latency', 'growth', 'waits'] as const;
+const SCENARIOS = ['accept', 'batch-accept', 'e2e', 'latency', 'growth', 'waits'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 const selected = new Set<Scenario>();
 for (const name of (values.only ?? SCENARIOS.join(',')).split(',')) {
@@ -84,6 +95,7 @@ if (filesProblem) {
 
 interface Outcomes {
   accept?: AcceptOutcome;
+  batchAccept?: BatchAcceptOutcome;
   e2e?: E2eOutcome;
   latency?: LatencyOutcome;
   growth?: GrowthOutcome;
@@ -98,6 +110,16 @@ async function runScenarios(ctx: BenchContext): Promise<Record<string, unknown>>
       `, scenarios ${[...selected].join(',')}`,
   );
   if (filesProblem) log(`waits left out: ${filesProblem}`);
+  let ref: RefBuild | undefined;
+  if (options.compare && (selected.has('accept') || selected.has('e2e'))) {
+    // Under node_modules like --ref's build, in a directory of this process's own: another
+    // session's bench may be building or running its own revision meanwhile.
+    const root = join(REPO_ROOT, 'node_modules', '.cache', `cops-bench-compare-${process.pid}`);
+    ctx.harness.onCleanup(() => rmSync(root, { recursive: true, force: true }));
+    const commit = execFileSync('git', ['rev-parse', '--short', options.compare], { cwd: REPO_ROOT, encoding: 'utf8' }).trim();
+    ref = { rev: commit.startsWith(options.compare) ? commit : `${options.compare} (${commit})`, entry: buildRevision(options.compare, root) };
+    log(`ref: git ${ref.rev}, run as 'ref' next to the service in accept and e2e`);
+  }
 
   const outcomes: Outcomes = {};
   // A scenario that fails (on a shared machine, someone's broad pkill can stop a measured
@@ -118,12 +140,18 @@ async function runScenarios(ctx: BenchContext): Promise<Record<string, unknown>>
   };
   if (selected.has('accept')) {
     outcomes.accept = await timed(`accept: POST {} at c=${options.concurrency}, LOG_LEVEL=${ctx.serviceEnv.LOG_LEVEL ?? 'info'}, worker running`, () =>
-      acceptScenario(ctx, { rounds: options.rounds, durationS: options.durationS, warmupS: quick ? 1 : 3, concurrency: options.concurrency }),
+      acceptScenario(ctx, { rounds: options.rounds, durationS: options.durationS, warmupS: quick ? 1 : 3, concurrency: options.concurrency, ...(ref ? { ref } : {}) }),
+    );
+  }
+  if (selected.has('batch-accept')) {
+    outcomes.batchAccept = await timed(
+      `batch-accept: creates through $batch (${BATCH_SIZE} per request) vs single POSTs, c=${options.concurrency} requests, LOG_LEVEL=${ctx.serviceEnv.LOG_LEVEL ?? 'info'}, worker running`,
+      () => batchAcceptScenario(ctx, { rounds: options.rounds, durationS: options.durationS, warmupS: quick ? 1 : 3, concurrency: options.concurrency }),
     );
   }
   if (selected.has('e2e')) {
     outcomes.e2e = await timed(`end to end: ${fmt(options.ops)} operations from POST to terminal`, () =>
-      e2eScenario(ctx, { rounds: options.rounds, ops: options.ops, concurrency: options.concurrency }),
+      e2eScenario(ctx, { rounds: options.rounds, ops: options.ops, concurrency: options.concurrency, ...(ref ? { ref } : {}) }),
     );
   }
   if (selected.has('latency')) {
@@ -166,7 +194,17 @@ async function runScenarios(ctx: BenchContext): Promise<Record<string, unknown>>
   return { options, summary: rows, ...outcomes };
 }
 
-function summaryRows({ accept, e2e, latency, growth, waits }: Outcomes): SummaryRow[] {
+/** "service 66/33/38; ref 64/32/37; …": each target's API/worker/Redis CPU µs, those present. */
+function cpuList(cpu: Partial<Record<string, { api: number; worker: number; redis: number }>>, targets: string[]): string {
+  return targets
+    .flatMap((target) => {
+      const value = cpu[target];
+      return value ? [`${target} ${fmt(value.api)}/${fmt(value.worker)}/${fmt(value.redis)}`] : [];
+    })
+    .join('; ');
+}
+
+function summaryRows({ accept, batchAccept, e2e, latency, growth, waits }: Outcomes): SummaryRow[] {
   const rows: SummaryRow[] = [];
   const x = (value: number) => `${fmt(value, 2)}×`;
   const check = (value: number, limit: number, atLeast: boolean) => (Number.isFinite(value) ? (atLeast ? value >= limit : value <= limit) : false);
@@ -183,6 +221,46 @@ function summaryRows({ accept, e2e, latency, growth, waits }: Outcomes): Summary
     });
     rows.push({ metric: '  medians: service, naive, bare req/s', measured: `${fmt(service)}, ${fmt(naive)}, ${fmt(bare)}`, target: 'info' });
     rows.push({ metric: 'accept: service / bare Hono', measured: `${x(vsBare.value)} (${rounds(vsBare)})`, target: 'info' });
+    if (accept.ref && accept.ratios.ref && accept.ratios.refNaive) {
+      rows.push({ metric: `accept: service / ref ${accept.ref}`, measured: `${x(accept.ratios.ref.value)} (${rounds(accept.ratios.ref)})`, target: 'info' });
+      rows.push({
+        metric: '  ref / naive (same-round ratio)',
+        measured: `${x(accept.ratios.refNaive.value)} (${rounds(accept.ratios.refNaive)}); ref ${fmt(accept.medianRps.ref ?? Number.NaN)} req/s`,
+        target: 'info',
+      });
+    }
+    rows.push({ metric: '  CPU µs/req api, worker, redis', measured: cpuList(accept.medianCpu, ['service', 'ref', 'naive', 'bare']), target: 'info' });
+  }
+  if (batchAccept) {
+    const { single, batch } = batchAccept.medianOpsPerS;
+    const cpu = batchAccept.medianCpuPerOp;
+    const { single: singleMissed, batch: batchMissed } = batchAccept.notCreated;
+    const statuses = (byStatus: Record<string, number>) =>
+      Object.entries(byStatus)
+        .map(([status, count]) => `${fmt(count)}× ${status}`)
+        .join(', ');
+    rows.push({
+      metric: `batch-accept: ops/s through $batch of ${batchAccept.batchSize} / single POSTs (same-round ratio)`,
+      measured: `${x(batchAccept.ratio.value)} (${rounds(batchAccept.ratio)})`,
+      target: '≥ 3×',
+      pass: check(batchAccept.ratio.value, 3, true),
+    });
+    rows.push({ metric: '  medians: $batch, single ops/s', measured: `${fmt(batch)}, ${fmt(single)}`, target: 'info' });
+    rows.push({
+      metric: '  CPU µs per accepted op, $batch vs single: API, worker, Redis',
+      measured:
+        `${fmt(cpu.batch.api)} vs ${fmt(cpu.single.api)}, ${fmt(cpu.batch.worker)} vs ${fmt(cpu.single.worker)},` +
+        ` ${fmt(cpu.batch.redis)} vs ${fmt(cpu.single.redis)}`,
+      target: 'info',
+    });
+    rows.push({
+      metric: '  creates not answered 201 (all runs, warm-ups included)',
+      measured:
+        `$batch ${fmt(batchMissed.count)} of ${fmt(batchMissed.of)}${batchMissed.count ? ` (${statuses(batchMissed.byStatus)})` : ''};` +
+        ` single ${fmt(singleMissed.count)} of ${fmt(singleMissed.of)}${singleMissed.count ? ` (${statuses(singleMissed.byStatus)})` : ''}`,
+      target: 'none',
+      pass: batchMissed.count === 0 && singleMissed.count === 0,
+    });
   }
   if (e2e) {
     const { service, naive, raw } = e2e.medianOpsPerS;
@@ -200,6 +278,15 @@ function summaryRows({ accept, e2e, latency, growth, waits }: Outcomes): Summary
       pass: check(vsRaw.value, 0.5, true),
     });
     rows.push({ metric: '  medians: service, naive, raw ops/s', measured: `${fmt(service)}, ${fmt(naive)}, ${fmt(raw)}`, target: 'info' });
+    if (e2e.ref && e2e.ratios.ref && e2e.ratios.refNaive) {
+      rows.push({ metric: `end to end: service / ref ${e2e.ref}`, measured: `${x(e2e.ratios.ref.value)} (${rounds(e2e.ratios.ref)})`, target: 'info' });
+      rows.push({
+        metric: '  ref / naive (same-round ratio)',
+        measured: `${x(e2e.ratios.refNaive.value)} (${rounds(e2e.ratios.refNaive)}); ref ${fmt(e2e.medianOpsPerS.ref ?? Number.NaN)} ops/s`,
+        target: 'info',
+      });
+    }
+    rows.push({ metric: '  CPU µs/op api, worker, redis', measured: cpuList(e2e.medianCpu, ['service', 'ref', 'naive', 'raw']), target: 'info' });
   }
   if (latency) {
     rows.push({

@@ -100,6 +100,7 @@ export class Harness {
   readonly dir = mkdtempSync(join(tmpdir(), 'cops-bench-'));
   private readonly children = new Set<Child>();
   private readonly cleanups = new Set<() => void>();
+  private readonly ownProcesses = new Set<() => number | undefined>();
   private sequence = 0;
   keepLogs = false;
 
@@ -147,13 +148,22 @@ export class Harness {
     if (!this.keepLogs) rmSync(this.dir, { recursive: true, force: true });
   }
 
-  /** CPU used so far by the bench process and every child still running, in microseconds. */
+  /** Counts a process the bench started without spawn() (its redis-server) as its own in
+   *  foreignCpu(); `pid` gives its current id, undefined while it is not running. */
+  countAsOwn(pid: () => number | undefined): void {
+    this.ownProcesses.add(pid);
+  }
+
+  /** CPU used so far by the bench process, every child still running and every process
+   *  counted as its own, in microseconds. */
   ownCpuMicros(): number {
     const self = process.cpuUsage();
     let total = self.user + self.system;
-    for (const child of this.children) {
+    const pids = [...this.children].filter((child) => child.running).map((child) => child.proc.pid);
+    for (const pid of [...pids, ...[...this.ownProcesses].map((get) => get())]) {
+      if (pid === undefined) continue;
       try {
-        if (child.running) total += processCpuMicros(child.pid);
+        total += processCpuMicros(pid);
       } catch {
         // exited between the check and the read
       }

@@ -28,6 +28,21 @@ export interface LoadOptions {
   overallRate?: number;
   /** Keep every response time (ms, float) for exact percentiles. */
   collectLatencies?: boolean;
+  /** Made afresh for every request (unique ids); `{}` when not given. */
+  body?: () => string;
+  /** Called with every answer as it arrives. */
+  onAnswer?: (answer: Answer) => void;
+  /** Run until this settles instead of for `durationS` (ignored when `amount` is set). */
+  until?: Promise<unknown>;
+}
+
+export interface Answer {
+  status: number;
+  body: string;
+  /** ms from the request's dispatch to the end of its answer. */
+  latencyMs: number;
+  /** Which of the `connections` it came on (0-based, in order of first answer). */
+  connection: number;
 }
 
 export interface LoadResult {
@@ -47,12 +62,18 @@ export interface LoadResult {
   lastResponseAt: number;
 }
 
-/** POSTs `{}` with autocannon; stopped by the harness on Ctrl-C. */
+/** POSTs `{}` (or what `body` makes) with autocannon; stopped by the harness on Ctrl-C. */
 export async function postLoad(harness: Harness, options: LoadOptions): Promise<LoadResult> {
   const latencies: number[] = [];
   let lastResponseAt = Number.NaN;
   const headers: Record<string, string> = { 'content-type': 'application/json' };
   if (options.token) headers.authorization = `Bearer ${options.token}`;
+  // autocannon hands the body to a request's onResponse and, right after, for the same answer,
+  // the latency and the connection to the 'response' event: joined here into one Answer.
+  let lastBody = '';
+  const connections = new Map<unknown, number>();
+  const onAnswer = options.onAnswer;
+  const untilStopped = options.until !== undefined && options.amount === undefined;
   return new Promise((resolve, reject) => {
     const instance = autocannon(
       {
@@ -60,8 +81,19 @@ export async function postLoad(harness: Harness, options: LoadOptions): Promise<
         method: 'POST',
         headers,
         body: '{}',
+        ...(options.body || onAnswer
+          ? {
+              requests: [
+                {
+                  ...(options.body ? { setupRequest: (request: autocannon.Request) => ({ ...request, body: options.body!() }) } : {}),
+                  ...(onAnswer ? { onResponse: (_status: number, body: string) => (lastBody = body) } : {}),
+                },
+              ],
+            }
+          : {}),
         connections: options.connections,
-        ...(options.amount !== undefined ? { amount: options.amount } : { duration: options.durationS ?? 5 }),
+        // Stopped by `until`: a day is "until stopped".
+        ...(options.amount !== undefined ? { amount: options.amount } : { duration: untilStopped ? 86_400 : (options.durationS ?? 5) }),
         ...(options.overallRate !== undefined ? { overallRate: options.overallRate } : {}),
         timeout: 30,
       },
@@ -84,11 +116,21 @@ export async function postLoad(harness: Harness, options: LoadOptions): Promise<
       },
     );
     const collect = options.collectLatencies;
-    instance.on('response', (_client, statusCode, _bytes, responseTime) => {
+    instance.on('response', (client, statusCode, _bytes, responseTime) => {
       lastResponseAt = performance.now();
       if (collect && statusCode >= 200 && statusCode < 300) latencies.push(responseTime);
+      if (onAnswer) {
+        let connection = connections.get(client);
+        if (connection === undefined) connections.set(client, (connection = connections.size));
+        onAnswer({ status: statusCode, body: lastBody, latencyMs: responseTime, connection });
+        lastBody = '';
+      }
     });
     const forget = harness.onCleanup(() => instance.stop());
+    if (untilStopped) {
+      const stop = () => instance.stop();
+      options.until!.then(stop, stop);
+    }
   });
 }
 

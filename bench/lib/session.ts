@@ -140,6 +140,10 @@ export function runSession(values: SessionValues, options: SessionOptions, run: 
     const startedAt = new Date();
     const serviceEntry = buildService(values, serviceFrom);
     redisServer = await startRedisServer(['--appendonly', 'no']);
+    // Started by scripts/lib/redis-server.ts, not through the harness: without this, its CPU
+    // (about 40% of a core in an accept run) counted as other sessions' load.
+    const server = redisServer;
+    harness.countAsOwn(() => server.pid);
     const redis = new Redis(redisServer.url, { maxRetriesPerRequest: null });
     harness.onCleanup(() => redis.disconnect());
     const redisVersion = /^redis_version:(\S+)/m.exec(await redis.info('server'))?.[1] ?? '?';
@@ -207,34 +211,44 @@ function gitDescription(ref: string | undefined): string {
 /**
  * Builds the service apart from the shared dist/ (others may be running or rebuilding it), into
  * bench/results/dist, refusing a tree that does not compile (--noEmitOnError). With --ref, a
- * committed revision is exported with `git archive` (read-only) and built the same way.
+ * committed revision is exported with `git archive` (read-only) and built the same way
+ * (buildRevision).
  */
 function buildService(values: SessionValues, serviceFrom: string): BenchContext['serviceEntry'] {
   if (values.src) return { api: ['--import', 'tsx', 'src/api/main.ts'], worker: ['--import', 'tsx', 'src/worker/main.ts'] };
-  let root = REPO_ROOT;
-  if (values.ref) {
-    // Outside tsconfig's `include` (the exported .ts files must not join the project's
-    // typecheck), and under node_modules so the build resolves the installed packages.
-    root = join(REPO_ROOT, 'node_modules', '.cache', 'cops-bench-ref');
-    rmSync(root, { recursive: true, force: true });
-    mkdirSync(root, { recursive: true });
-    const archive = spawnSync('git', ['archive', '--format=tar', values.ref, 'src', 'tsconfig.json', 'tsconfig.build.json'], {
-      cwd: REPO_ROOT,
-      maxBuffer: 256 * 1024 * 1024,
-    });
-    if (archive.status !== 0) throw new Error(`git archive ${values.ref} failed: ${archive.stderr.toString()}`);
-    const untar = spawnSync('tar', ['-x', '-C', root], { input: archive.stdout });
-    if (untar.status !== 0) throw new Error(`tar failed: ${untar.stderr.toString()}`);
-  }
+  if (values.ref) return buildRevision(values.ref, join(REPO_ROOT, 'node_modules', '.cache', 'cops-bench-ref'));
+  return build(REPO_ROOT, serviceFrom, values['no-build']);
+}
+
+/**
+ * Exports a committed revision with `git archive` (read-only) into `root`, which it empties
+ * first, and builds it there like the work tree. `root` belongs under node_modules: outside
+ * tsconfig's `include` (the exported .ts files must not join the project's typecheck), and where
+ * the build resolves the installed packages.
+ */
+export function buildRevision(rev: string, root: string): BenchContext['serviceEntry'] {
+  rmSync(root, { recursive: true, force: true });
+  mkdirSync(root, { recursive: true });
+  const archive = spawnSync('git', ['archive', '--format=tar', rev, 'src', 'tsconfig.json', 'tsconfig.build.json'], {
+    cwd: REPO_ROOT,
+    maxBuffer: 256 * 1024 * 1024,
+  });
+  if (archive.status !== 0) throw new Error(`git archive ${rev} failed: ${archive.stderr.toString()}`);
+  const untar = spawnSync('tar', ['-x', '-C', root], { input: archive.stdout });
+  if (untar.status !== 0) throw new Error(`tar failed: ${untar.stderr.toString()}`);
+  return build(root, `git ${rev}`, false);
+}
+
+function build(root: string, serviceFrom: string, noBuild: boolean): BenchContext['serviceEntry'] {
   const outDir = join(root === REPO_ROOT ? RESULTS_DIR : root, 'dist');
-  if (!values['no-build'] || values.ref) {
+  if (!noBuild) {
     process.stdout.write(`building ${serviceFrom} into ${outDir.slice(REPO_ROOT.length)}\n`);
     const args = ['-p', join(root, 'tsconfig.build.json'), '--outDir', outDir, '--noEmitOnError', '--sourceMap', 'false'];
-    const build =
+    const built =
       root === REPO_ROOT
         ? spawnSync('npm', ['run', 'build', '--silent', '--', ...args.slice(2)], { cwd: REPO_ROOT, stdio: 'inherit' })
         : spawnSync(process.execPath, [join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), ...args], { cwd: REPO_ROOT, stdio: 'inherit' });
-    if (build.status !== 0) throw new Error('the build failed; fix it, bench a committed revision with --ref HEAD, or use --src');
+    if (built.status !== 0) throw new Error('the build failed; fix it, bench a committed revision with --ref HEAD, or use --src');
   }
   return { api: [join(outDir, 'api/main.js')], worker: [join(outDir, 'worker/main.js')] };
 }

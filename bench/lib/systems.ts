@@ -46,6 +46,10 @@ export interface StartOptions {
   apiNodeArgs?: string[];
   workerNodeArgs?: string[];
   env?: Record<string, string>;
+  /** For `service`: run this build instead of ctx.serviceEntry (another revision)… */
+  entry?: BenchContext['serviceEntry'];
+  /** …named so in process names and logs (`service` otherwise). */
+  label?: string;
 }
 
 export interface System {
@@ -90,17 +94,19 @@ export async function startSystem(ctx: BenchContext, kind: TargetKind, options: 
   let api: Child | undefined;
   let worker: Child | undefined;
   const apiArgs = options.apiNodeArgs ?? [];
+  const entry = options.entry ?? ctx.serviceEntry;
+  const label = options.label ?? 'service';
   const workerArgs = options.workerNodeArgs ?? [];
   if (wantWorker) {
     worker =
       kind === 'service'
-        ? harness.spawnNode('service-worker', [...workerArgs, ...ctx.serviceEntry.worker], serviceEnv)
+        ? harness.spawnNode(`${label}-worker`, [...workerArgs, ...entry.worker], serviceEnv)
         : harness.spawnNode(`${kind}-worker`, [...workerArgs, '--import', 'tsx', `bench/baselines/${kind === 'naive' ? 'naive.ts' : 'raw-bullmq.ts'}`, 'worker'], env);
   }
   if (wantApi) {
     api =
       kind === 'service'
-        ? harness.spawnNode('service-api', [...apiArgs, ...ctx.serviceEntry.api], serviceEnv)
+        ? harness.spawnNode(`${label}-api`, [...apiArgs, ...entry.api], serviceEnv)
         : kind === 'naive'
           ? harness.spawnNode('naive-api', [...apiArgs, '--import', 'tsx', 'bench/baselines/naive.ts', 'api'], env)
           : harness.spawnNode('bare-api', [...apiArgs, '--import', 'tsx', 'bench/baselines/bare-hono.ts'], env);

@@ -2,18 +2,26 @@ import { processCpuMicros } from '../lib/harness.js';
 import { postLoad } from '../lib/load.js';
 import { leastDisturbed } from '../lib/retry.js';
 import { cleanMedian, rotate, roundRatio } from '../lib/stats.js';
-import { startSystem, type BenchContext, type TargetKind } from '../lib/systems.js';
+import { startSystem, type BenchContext, type StartOptions, type TargetKind } from '../lib/systems.js';
 
 /**
  * Scenario 1: accept throughput. POST `{}` at concurrency 64 for a fixed time against the
  * service (API + a running worker, LOG_LEVEL=info), the naive service (API + worker) and the
  * bare Hono app, in alternation over several rounds, each on fresh processes and a flushed Redis.
+ * With `ref`, another build of the service (a committed revision) joins the alternation.
  */
 export interface AcceptOptions {
   rounds: number;
   durationS: number;
   warmupS: number;
   concurrency: number;
+  ref?: RefBuild;
+}
+
+/** Another revision of the service, built apart (run.ts --compare), run as `ref`. */
+export interface RefBuild {
+  rev: string;
+  entry: BenchContext['serviceEntry'];
 }
 
 export interface AcceptRun {
@@ -28,22 +36,29 @@ export interface AcceptRun {
   otherLoadPct: number;
 }
 
+type Target = 'service' | 'ref' | 'naive' | 'bare';
+type Ratio = { value: number; rounds: number[]; clean: number };
+
 export interface AcceptOutcome {
-  runs: Record<'service' | 'naive' | 'bare', AcceptRun[]>;
+  runs: Record<'service' | 'naive' | 'bare', AcceptRun[]> & { ref?: AcceptRun[] };
   /** Medians over the undisturbed runs (all runs when none was). */
-  medianRps: Record<'service' | 'naive' | 'bare', number>;
-  /** service/naive and service/bare per round, and their median over undisturbed rounds. */
-  ratios: Record<'naive' | 'bare', { value: number; rounds: number[]; clean: number }>;
+  medianRps: Record<'service' | 'naive' | 'bare', number> & { ref?: number };
+  /** CPU µs per request of each process, medians over the undisturbed runs. */
+  medianCpu: Record<'service' | 'naive' | 'bare', AcceptRun['cpuPerRequest']> & { ref?: AcceptRun['cpuPerRequest'] };
+  /** service/naive and service/bare per round, and their median over undisturbed rounds; with
+   *  a ref, service/ref and ref/naive too. */
+  ratios: Record<'naive' | 'bare', Ratio> & { ref?: Ratio; refNaive?: Ratio };
   /** How many runs of each were undisturbed, as "clean/total". */
-  clean: Record<'service' | 'naive' | 'bare', string>;
+  clean: Record<'service' | 'naive' | 'bare', string> & { ref?: string };
+  /** The revision run as `ref`. */
+  ref?: string;
 }
 
-const TARGETS = ['service', 'naive', 'bare'] as const satisfies readonly TargetKind[];
-
 export async function acceptScenario(ctx: BenchContext, options: AcceptOptions): Promise<AcceptOutcome> {
-  const runs: AcceptOutcome['runs'] = { service: [], naive: [], bare: [] };
+  const targets: Target[] = options.ref ? ['service', 'ref', 'naive', 'bare'] : ['service', 'naive', 'bare'];
+  const runs: Record<Target, AcceptRun[]> = { service: [], ref: [], naive: [], bare: [] };
   for (let round = 0; round < options.rounds; round++) {
-    for (const kind of rotate(TARGETS, round)) {
+    for (const kind of rotate(targets, round)) {
       const run = await leastDisturbed(ctx, `accept ${kind}`, () => acceptOnce(ctx, kind, options));
       runs[kind].push(run);
       ctx.log(
@@ -54,27 +69,44 @@ export async function acceptScenario(ctx: BenchContext, options: AcceptOptions):
       );
     }
   }
-  const pick = (kind: (typeof TARGETS)[number]) => cleanMedian(runs[kind], (run) => run.rps, ctx.maxOtherLoadPct);
-  const [service, naive, bare] = [pick('service'), pick('naive'), pick('bare')];
+  const pick = (kind: Target) => cleanMedian(runs[kind], (run) => run.rps, ctx.maxOtherLoadPct);
+  const cpu = (kind: Target) => {
+    const median = (value: (run: AcceptRun) => number) => cleanMedian(runs[kind], value, ctx.maxOtherLoadPct).value;
+    return { api: median((run) => run.cpuPerRequest.api), worker: median((run) => run.cpuPerRequest.worker), redis: median((run) => run.cpuPerRequest.redis) };
+  };
+  const ratio = (a: Target, b: Target) => roundRatio(runs[a], runs[b], (run) => run.rps, ctx.maxOtherLoadPct);
+  const [service, ref, naive, bare] = [pick('service'), pick('ref'), pick('naive'), pick('bare')];
+  const { ref: refRuns, ...measured } = runs;
   return {
-    runs,
-    medianRps: { service: service.value, naive: naive.value, bare: bare.value },
+    ...(options.ref ? { ref: options.ref.rev } : {}),
+    runs: { ...measured, ...(options.ref ? { ref: refRuns } : {}) },
+    medianRps: { service: service.value, naive: naive.value, bare: bare.value, ...(options.ref ? { ref: ref.value } : {}) },
+    medianCpu: { service: cpu('service'), naive: cpu('naive'), bare: cpu('bare'), ...(options.ref ? { ref: cpu('ref') } : {}) },
     ratios: {
-      naive: roundRatio(runs.service, runs.naive, (run) => run.rps, ctx.maxOtherLoadPct),
-      bare: roundRatio(runs.service, runs.bare, (run) => run.rps, ctx.maxOtherLoadPct),
+      naive: ratio('service', 'naive'),
+      bare: ratio('service', 'bare'),
+      ...(options.ref ? { ref: ratio('service', 'ref'), refNaive: ratio('ref', 'naive') } : {}),
     },
     clean: {
       service: `${service.clean}/${service.total}`,
       naive: `${naive.clean}/${naive.total}`,
       bare: `${bare.clean}/${bare.total}`,
+      ...(options.ref ? { ref: `${ref.clean}/${ref.total}` } : {}),
     },
   };
 }
 
+/** How to start a target: `ref` is the service from another build. */
+export function targetSystem(kind: Target | 'raw', ref: RefBuild | undefined): [TargetKind, StartOptions] {
+  if (kind !== 'ref') return [kind, {}];
+  if (!ref) throw new Error('no ref build to run');
+  return ['service', { entry: ref.entry, label: 'ref' }];
+}
+
 /** Fresh processes on a flushed Redis: warm up, then measure. */
-async function acceptOnce(ctx: BenchContext, kind: (typeof TARGETS)[number], options: AcceptOptions): Promise<AcceptRun> {
+async function acceptOnce(ctx: BenchContext, kind: Target, options: AcceptOptions): Promise<AcceptRun> {
   await ctx.redis.flushall();
-  const system = await startSystem(ctx, kind);
+  const system = await startSystem(ctx, ...targetSystem(kind, options.ref));
   try {
     const url = system.postUrl('benchconn');
     await postLoad(ctx.harness, { url, token: ctx.token, connections: options.concurrency, durationS: options.warmupS });
