@@ -1,8 +1,11 @@
 import type { Context, TypedResponse } from 'hono';
 import type { AppEnv } from './env.js';
 
-/** Responses that already carry the request's ids (the request-id middleware adds them to any other). */
-const withRequestIds = new WeakSet<Response>();
+/** Responses that already carry the request's ids (the request-id middleware adds them to any
+ *  other), with the JSON text of those that answer JSON, for a $batch that embeds it without
+ *  reading the body back and parsing it again (api/batch.ts). One weak map for both: each
+ *  entry on a short-lived response costs the garbage collector. */
+const answered = new WeakMap<Response, string | undefined>();
 
 /**
  * A JSON response carrying the request's ids and `headers`, with its headers as a plain object.
@@ -13,29 +16,29 @@ const withRequestIds = new WeakSet<Response>();
  * (eslint.config.js refuses c.header() in src/api, so the trap is a lint error, not a surprise).
  */
 export function jsonResponse(c: Context<AppEnv>, body: unknown, status: number, headers: Record<string, string> = {}): JsonAnswer {
-  const text = JSON.stringify(body);
-  const response = answer(c, text, status, 'application/json', headers);
-  jsonTexts.set(response, text);
-  return response;
+  return answer(c, JSON.stringify(body), status, 'application/json', headers, true);
 }
 
-/** The JSON text of each jsonResponse() answer, for a $batch that embeds it without reading the
- *  body stream back and parsing it again (api/batch.ts). */
-const jsonTexts = new WeakMap<Response, string>();
-
 export function jsonTextOf(response: Response): string | undefined {
-  return jsonTexts.get(response);
+  return answered.get(response);
 }
 
 /** Any answer of the operation routes (JSON, an event stream), with the request's ids. */
-export function answer(c: Context<AppEnv>, body: string | ReadableStream<Uint8Array>, status: number, contentType: string, headers: Record<string, string> = {}): JsonAnswer {
+export function answer(
+  c: Context<AppEnv>,
+  body: string | ReadableStream<Uint8Array>,
+  status: number,
+  contentType: string,
+  headers: Record<string, string> = {},
+  isJson = false,
+): JsonAnswer {
   const ids: Record<string, string> = {};
   const requestId = c.get('requestId');
   const clientRequestId = c.get('clientRequestId');
   if (requestId) ids['request-id'] = requestId;
   if (clientRequestId) ids['client-request-id'] = clientRequestId;
   const response = new Response(body, { status, headers: { 'content-type': contentType, ...ids, ...headers } });
-  withRequestIds.add(response);
+  answered.set(response, isJson && typeof body === 'string' ? body : undefined);
   return response as JsonAnswer;
 }
 
@@ -45,5 +48,5 @@ export function answer(c: Context<AppEnv>, body: string | ReadableStream<Uint8Ar
 export type JsonAnswer = Response & TypedResponse<any, any, 'json'>;
 
 export function hasRequestIds(response: Response): boolean {
-  return withRequestIds.has(response);
+  return answered.has(response);
 }
