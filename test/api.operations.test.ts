@@ -445,6 +445,8 @@ describe('every response', () => {
     const deps: AppDeps = {
       store: ctx.store,
       creates: new CreateBatcher(ctx.store, ctx.queue, silentLog),
+      connections: ctx.connections,
+      queue: ctx.queue,
       watch: ctx.watch,
       auth: jwtAuthenticator(ctx.config),
       config: ctx.config,

@@ -39,6 +39,8 @@ beforeAll(async () => {
   const app = createApp({
     store: ctx.store,
     creates: new CreateBatcher(ctx.store, ctx.queue, log),
+    connections: ctx.connections,
+    queue: ctx.queue,
     watch: ctx.watch,
     auth: jwtAuthenticator(ctx.config),
     config: ctx.config,

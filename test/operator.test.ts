@@ -105,6 +105,8 @@ describe('GET /metrics', () => {
     const app = createApp({
       store: context.store,
       creates: new CreateBatcher(context.store, context.queue, (await import('./support/context.js')).silentLog),
+      connections: context.connections,
+      queue: context.queue,
       watch: context.watch,
       auth: jwtAuthenticator(context.config),
       config: context.config,
@@ -157,6 +159,8 @@ describe('the Bull Board dashboard', () => {
     const app = createApp({
       store: context.store,
       creates: new CreateBatcher(context.store, context.queue, silentLog),
+      connections: context.connections,
+      queue: context.queue,
       watch: context.watch,
       auth: jwtAuthenticator(context.config),
       config: context.config,

@@ -4,6 +4,8 @@ import { HTTPException } from 'hono/http-exception';
 import { ADMIN_BASE_PATH } from './admin.js';
 import type { Authenticator } from './auth.js';
 import { batchRoutes } from './batch.js';
+import { CONNECTION_ROUTES } from './connection-routes.js';
+import { connectionRoutes } from './connections.js';
 import type { AppDeps, AppEnv } from './env.js';
 import { GraphError, badRequest, graphErrorResponse } from './errors.js';
 import { observeRequests } from './observe-requests.js';
@@ -12,12 +14,12 @@ import { OPERATION_ROUTES } from './operation-routes.js';
 import { operationRoutes } from './operations.js';
 import { operatorRoutes } from './operator-routes.js';
 
-/** The operation routes are served at the root and under these, so a Graph SDK pointed at
- *  `http://host:port/v1.0` works unchanged. */
+/** The Graph routes (connections and their operations) are served at the root and under these,
+ *  so a Graph SDK pointed at `http://host:port/v1.0` works unchanged. */
 const VERSION_PREFIXES = ['', '/v1.0', '/beta'];
 /** The v1.0 path family and the beta one. */
 const PATH_FAMILIES = ['/external/connections', '/connections'];
-const OPERATION_BASES = VERSION_PREFIXES.flatMap((version) => PATH_FAMILIES.map((family) => `${version}${family}`));
+const GRAPH_BASES = VERSION_PREFIXES.flatMap((version) => PATH_FAMILIES.map((family) => `${version}${family}`));
 
 export function createApp(deps: AppDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
@@ -27,10 +29,13 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.route('/', openApiRoutes());
   if (deps.admin) app.mount(ADMIN_BASE_PATH, deps.admin.fetch);
 
+  const connections = connectionRoutes(deps);
   const operations = operationRoutes(deps);
-  for (const base of OPERATION_BASES) {
+  for (const base of GRAPH_BASES) {
+    // `${base}/*` matches the base itself too (the connection list and create).
     app.use(`${base}/*`, authenticate(deps.auth));
     if (deps.rateLimit) app.use(`${base}/*`, deps.rateLimit);
+    app.route(base, connections);
     app.route(base, operations);
   }
 
@@ -105,13 +110,13 @@ function graphErrorOf(error: HTTPException, contentType: string | undefined, cha
   return new GraphError(status, code, message, challenge ? { 'WWW-Authenticate': challenge } : {});
 }
 
-/** Each operation route as a pattern over a whole path (any prefix and family), and its method.
+/** Each Graph route as a pattern over a whole path (any prefix and family), and its method.
  *  A path parameter never holds `$` or `%`, so `…/operations/$ref` is the create route's path
- *  only, not an operation id. */
-const ALLOWED = OPERATION_ROUTES.map((route) => ({
+ *  only, not an operation id. A route at `/` is the family's path itself. */
+const ALLOWED = [...CONNECTION_ROUTES, ...OPERATION_ROUTES].map((route) => ({
   method: route.method.toUpperCase(),
   path: new RegExp(
-    `^(?:${OPERATION_BASES.map(escapeRegExp).join('|')})${route.path.split(/\{[^}]+\}/).map(escapeRegExp).join('[^/$%]+')}$`,
+    `^(?:${GRAPH_BASES.map(escapeRegExp).join('|')})${(route.path === '/' ? '' : route.path).split(/\{[^}]+\}/).map(escapeRegExp).join('[^/$%]+')}$`,
   ),
 }));
 

@@ -1,7 +1,9 @@
 import type { Hono, MiddlewareHandler } from 'hono';
 import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
+import type { ConnectionStore } from '../shared/connection-store.js';
 import type { Metrics } from '../shared/metrics.js';
+import type { OperationQueue } from '../shared/queue.js';
 import type { OperationStore } from '../shared/store.js';
 import type { Authenticator, Principal } from './auth.js';
 import type { OperationCreator } from './create-batcher.js';
@@ -20,6 +22,10 @@ export interface AppEnv {
 export interface AppDeps {
   store: OperationStore;
   creates: OperationCreator;
+  /** Connections, their schemas, and the operations that provision and delete them. */
+  connections: ConnectionStore;
+  /** Where a schema or delete operation gets its job. */
+  queue: Pick<OperationQueue, 'enqueue'>;
   /** Follows operations for the requests that wait for them and the event streams. */
   watch: OperationWatch;
   auth: Authenticator;

@@ -14,9 +14,18 @@ export class GraphError extends Error {
     readonly code: string,
     message: string,
     readonly headers: Record<string, string> = {},
+    /** Graph's finer answer, where it gives one: `innerError.code` (the schema rule broken) and
+     *  `details` (every problem found, when there are several). */
+    readonly inner: { code?: string; details?: GraphErrorDetail[] } = {},
   ) {
     super(message);
   }
+}
+
+export interface GraphErrorDetail {
+  code: string;
+  message: string;
+  target: string;
 }
 
 /** Seconds a client should wait before retrying after a 503. */
@@ -27,11 +36,23 @@ export const notFound = (message: string) => new GraphError(404, 'itemNotFound',
 export const serviceUnavailable = (message: string) =>
   new GraphError(503, 'serviceNotAvailable', message, { 'Retry-After': String(UNAVAILABLE_RETRY_AFTER_SECONDS) });
 
+/** Runs a Redis call; a Redis that is down, slow or refusing becomes a 503 with Retry-After. */
+export async function unlessRedisFails<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (error) {
+    throw Object.assign(serviceUnavailable('The store is unavailable; retry shortly.'), { cause: error });
+  }
+}
+
 export function graphErrorResponse(c: Context<AppEnv>, error: GraphError): Response {
-  const innerError: Record<string, string> = { date: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z') };
+  const innerError: Record<string, string> = {};
+  if (error.inner.code) innerError.code = error.inner.code;
+  innerError.date = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
   const requestId: unknown = c.get('requestId');
   const clientRequestId: unknown = c.get('clientRequestId');
   if (typeof requestId === 'string') innerError['request-id'] = requestId;
   if (typeof clientRequestId === 'string') innerError['client-request-id'] = clientRequestId;
-  return jsonResponse(c, { error: { code: error.code, message: error.message, innerError } }, error.status, error.headers);
+  const details = error.inner.details ? { details: error.inner.details } : {};
+  return jsonResponse(c, { error: { code: error.code, message: error.message, ...details, innerError } }, error.status, error.headers);
 }

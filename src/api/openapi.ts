@@ -3,6 +3,7 @@ import { dirname } from 'node:path';
 import { serveStatic } from '@hono/node-server/serve-static';
 import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import { batchRoute } from './batch-routes.js';
+import { CONNECTION_ROUTES } from './connection-routes.js';
 import { OPERATION_ROUTES } from './operation-routes.js';
 import { healthRoute, metricsRoute, readyRoute } from './operator-routes.js';
 
@@ -16,9 +17,10 @@ import { healthRoute, metricsRoute, readyRoute } from './operator-routes.js';
 const DOCUMENTED_FAMILY = '/external/connections';
 
 const DESCRIPTION = [
-  'The Microsoft Graph connectionOperation resource of external connections.',
+  'The Microsoft Graph connectionOperation resource of external connections, and the connections and schemas',
+  'that produce those operations (a schema PATCH or a connection DELETE answers 202 with the Location of one).',
   '',
-  `The operation routes are listed once, under ${DOCUMENTED_FAMILY}. The same routes are served under`,
+  `The Graph routes are listed once, under ${DOCUMENTED_FAMILY}. The same routes are served under`,
   '`/connections` (the beta path family), and both families also under the `/v1.0` and `/beta` prefixes,',
   'so a Graph SDK pointed at `http://host:port/v1.0` works unchanged; so is `/$batch`. The operator routes',
   '(/healthz, /readyz, /metrics, /openapi.json, /docs) are served at the root only.',
@@ -48,8 +50,9 @@ export function buildOpenApiDocument() {
     bearerFormat: 'JWT',
     description: 'An Entra ID style access token: scp or roles with ExternalConnection.ReadWrite.OwnedBy/.ReadWrite.All (create) or .Read.All (read)',
   });
-  for (const route of OPERATION_ROUTES) {
-    if (!('hide' in route && route.hide)) registry.openAPIRegistry.registerPath({ ...route, path: `${DOCUMENTED_FAMILY}${route.path}` });
+  for (const route of [...CONNECTION_ROUTES, ...OPERATION_ROUTES]) {
+    const path = `${DOCUMENTED_FAMILY}${route.path === '/' ? '' : route.path}`;
+    if (!('hide' in route && route.hide)) registry.openAPIRegistry.registerPath({ ...route, path });
   }
   for (const route of [batchRoute, healthRoute, readyRoute, metricsRoute, documentRoute, docsRoute]) registry.openAPIRegistry.registerPath(route);
   return registry.getOpenAPI31Document({

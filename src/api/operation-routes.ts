@@ -1,11 +1,11 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import type { MiddlewareHandler } from 'hono';
-import { CONNECTION_ID_RULE, OPERATION_ID_RULE, createOperationBodySchema, isValidConnectionId } from '../shared/operation.js';
+import { OPERATION_ID_RULE, createOperationBodySchema } from '../shared/operation.js';
 import { limitBody, refuseContentEncoding } from './body-limit.js';
 import type { AppEnv } from './env.js';
-import { GraphError } from './errors.js';
 import { listQuerySchema } from './list-query.js';
-import { graphErrorSchema, operationListSchema, operationResourceSchema } from './schemas.js';
+import { authErrors, connectionIdParam, error, json, location, requireWrite, retryAfter, security } from './route-parts.js';
+import { operationListSchema, operationResourceSchema } from './schemas.js';
 
 /**
  * The connectionOperation routes of one path family, relative to it (`/external/connections`
@@ -14,19 +14,8 @@ import { graphErrorSchema, operationListSchema, operationResourceSchema } from '
  * (/openapi.json) and tells which methods a known path allows (the 405's Allow).
  */
 
-const json = <T extends z.ZodType>(schema: T, description: string) => ({
-  description,
-  content: { 'application/json': { schema } },
-});
-const error = (description: string) => json(graphErrorSchema, description);
-
-const connectionIdParam = z
-  .string()
-  .refine(isValidConnectionId, { error: (issue) => `Invalid connection id '${String(issue.input)}'. ${CONNECTION_ID_RULE}` })
-  .meta({ description: CONNECTION_ID_RULE, example: 'contosohr' });
 // An id that does not match the rule cannot exist: the handlers answer 404 for it.
 const operationIdParam = z.string().meta({ description: OPERATION_ID_RULE, example: 'import-2026-11-29' });
-const retryAfter = { 'Retry-After': { description: 'Seconds to wait before polling (while inprogress) or retrying', schema: { type: 'integer' as const } } };
 const preferenceApplied = {
   'Preference-Applied': { description: '`wait=N` when the request was held by `Prefer: wait=N`', schema: { type: 'string' as const } },
 };
@@ -42,22 +31,6 @@ const preferHeader = z.object({
       example: 'wait=30',
     }),
 });
-const security = [{ bearer: [] }];
-const authErrors = {
-  401: error('Missing or invalid token (WWW-Authenticate says why)'),
-  403: error('The token lacks the permission, or is a personal account'),
-  429: error('The tenant exceeded its rate limit'),
-  503: error('Redis or the token keys are unavailable; retry after Retry-After'),
-};
-
-/** Creating needs a write permission: checked before anything about the request is. */
-const requireWrite: MiddlewareHandler<AppEnv> = async (c, next) => {
-  if (!c.get('principal').canWrite) {
-    throw new GraphError(403, 'accessDenied', 'Creating or canceling operations needs ExternalConnection.ReadWrite.OwnedBy or ExternalConnection.ReadWrite.All.');
-  }
-  await next();
-};
-
 /** Lets only `$ref` (or `%24ref`, decoded by Hono) through the `{ref}` route below: any other
  *  segment is a known path with the wrong method (405 from the app's not-found handler). */
 const onlyRefSegment: MiddlewareHandler<AppEnv> = async (c, next) => {
@@ -82,7 +55,7 @@ function createAt(path: string, hide = false, guard?: MiddlewareHandler<AppEnv>)
     responses: {
       201: {
         ...json(operationResourceSchema, 'Created (with Prefer: wait, the state once it ended or the wait passed)'),
-        headers: { Location: { description: 'Absolute URL of the operation', schema: { type: 'string' } }, ...retryAfter, ...preferenceApplied },
+        headers: { ...location('Absolute URL of the operation'), ...retryAfter, ...preferenceApplied },
       },
       400: error('A property or the connection id is not allowed; the message names it'),
       409: error('The id is already used in this tenant and connection'),

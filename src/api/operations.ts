@@ -3,8 +3,8 @@ import { OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { OPERATION_CANCELED, OPERATION_ID_PATTERN, canceledError, type Operation, type OperationRef } from '../shared/operation.js';
 import type { AppDeps, AppEnv } from './env.js';
-import { GraphError, notFound, serviceUnavailable } from './errors.js';
-import { nextLink } from './list-query.js';
+import { GraphError, notFound, unlessRedisFails } from './errors.js';
+import { encodeSkipToken, nextLink } from './list-query.js';
 import {
   cancelOperationRoute,
   createOperationRefRoute,
@@ -69,7 +69,7 @@ export function operationRoutes({ store, creates, watch, config, log, metrics }:
     );
     const body: Record<string, unknown> = {};
     if (count !== undefined) body['@odata.count'] = count;
-    if (page.next) body['@odata.nextLink'] = nextLink(c, config, page.next);
+    if (page.next) body['@odata.nextLink'] = nextLink(c, config, encodeSkipToken(page.next));
     body.value = page.operations.map(present);
     return jsonResponse(c, body, 200);
   });
@@ -126,13 +126,4 @@ function present(operation: Operation): OperationResource {
     // The same instant on every fresh create: formatted once.
     lastActionDateTime: operation.lastActionAt === operation.createdAt ? createdDateTime : new Date(operation.lastActionAt).toISOString(),
   };
-}
-
-/** Runs a Redis call; a Redis that is down, slow or refusing becomes a 503 with Retry-After. */
-async function unlessRedisFails<T>(call: () => Promise<T>): Promise<T> {
-  try {
-    return await call();
-  } catch (error) {
-    throw Object.assign(serviceUnavailable('The operation store is unavailable; retry shortly.'), { cause: error });
-  }
 }

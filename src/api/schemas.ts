@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { CONNECTION_STATES } from '../shared/connection.js';
 import { OPERATION_STATUSES, errorDetailSchema } from '../shared/operation.js';
 
 /**
@@ -63,7 +64,12 @@ export const graphErrorSchema = z
     error: z.object({
       code: z.string(),
       message: z.string(),
+      details: z
+        .array(z.object({ code: z.string(), message: z.string(), target: z.string() }))
+        .optional()
+        .describe('Every problem found, when a schema breaks several rules'),
       innerError: z.object({
+        code: z.string().optional().describe("The rule a schema broke (Graph's own codes, e.g. RefinerShouldNotBeOfType)"),
         'request-id': z.string().optional(),
         'client-request-id': z.string().optional(),
         date: z.string(),
@@ -84,3 +90,31 @@ export const graphErrorSchema = z
       },
     },
   });
+
+export const connectionResourceSchema = z
+  .object({
+    '@odata.type': z.literal('#microsoft.graph.externalConnectors.externalConnection'),
+    id: z.string(),
+    name: z.string(),
+    description: z.string(),
+    state: z.enum(CONNECTION_STATES).describe('draft until a schema is provisioned, then ready'),
+  })
+  .meta({
+    id: 'externalConnection',
+    example: {
+      '@odata.type': '#microsoft.graph.externalConnectors.externalConnection',
+      id: 'contosohr',
+      name: 'Contoso HR',
+      description: 'Connection to index Contoso HR system',
+      state: 'draft',
+    },
+  });
+export type ConnectionResource = z.infer<typeof connectionResourceSchema>;
+
+export const connectionListSchema = z
+  .object({
+    '@odata.count': z.number().int().optional().describe('With $count=true.'),
+    '@odata.nextLink': z.url().optional().describe('Absolute URL of the next page; follow it verbatim.'),
+    value: z.array(connectionResourceSchema),
+  })
+  .meta({ id: 'externalConnectionCollection' });

@@ -29,7 +29,7 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics, sh
   await connectRedis(redis, config.REDIS_URL, log);
   await warnUnlessNoEviction(redis, log);
   // Built only once Redis is ready: BullMQ caches a failed start-up check forever.
-  const { store, queue } = operationsFor(config, redis, log);
+  const { store, queue, connections } = operationsFor(config, redis, log);
   metrics.watchQueues(queue);
   const ready = async () => {
     try {
@@ -53,6 +53,8 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics, sh
   const app = createApp({
     store,
     creates: new CreateBatcher(store, queue, log),
+    connections,
+    queue,
     watch,
     auth,
     config,

@@ -4,7 +4,8 @@ import type { OperationRef } from './operation.js';
  * The one place that names Redis keys. Nobody else concatenates key strings.
  *
  * Layout (`v1` lets a future format live beside this one):
- *   {prefix}:v1:{tenant|connection}:o:{operationId}   hash   one operation (s, e, c, u; j a h l
+ *   {prefix}:v1:{tenant|connection}:o:{operationId}   hash   one operation (s, e, c, u; k for a
+ *                                                             schema or delete operation; j a h l
  *                                                             while inprogress, see scripts.ts); the
  *                                                             short `o` segment keeps a typical key
  *                                                             (GUID tenant, UUID id) in jemalloc's
@@ -13,12 +14,22 @@ import type { OperationRef } from './operation.js';
  *   {prefix}:v1:{tenant|connection}:status:{status}   zset   operations in one status; the
  *                                                             `inprogress` one is the outbox the
  *                                                             reconciler sweeps
+ *   {prefix}:v1:{tenant|connection}:connection        hash   the externalConnection created by POST
+ *                                                             (n name, ds description, st state, c
+ *                                                             created ms, sc schema JSON, so id of its
+ *                                                             latest schema operation, d id of its
+ *                                                             delete operation while deleting); no
+ *                                                             expiry: it lives until deleted
  *   {prefix}:v1:{tenant|connection}:changes           channel sharded pub/sub (SPUBLISH): the
  *                                                             terminal transitions of the
  *                                                             connection's operations, published by
  *                                                             the scripts that write them
  *   {prefix}:v1:cancels:{process}                     channel classic pub/sub: cancels of the
  *                                                             attempts one worker process holds
+ *   {prefix}:v1:{tenant}:connections                  zset   the ids of a tenant's connections, all
+ *                                                             scored 0 so that they page by id
+ *                                                             (ZRANGEBYLEX); in the tenant's slot, so
+ *                                                             kept beside the records, not with them
  *   {prefix}:v1:connections                           zset   "tenant|connection" pairs that had
  *                                                             creates, scored by last create ms
  *   {prefix}:v1:reconciler-lock                       string one reconciler sweep at a time
@@ -63,6 +74,11 @@ export function createKeys(prefix: string) {
     operation: (ref: OperationRef) => `${connectionKey(ref)}:o:${ref.operationId}`,
     index: (ref: ConnectionRef) => `${connectionKey(ref)}:index`,
     statusIndex: (ref: ConnectionRef, status: string) => `${connectionKey(ref)}:status:${status}`,
+    /** The externalConnection record, in the slot of its operations: the scripts that end a
+     *  schema or delete operation change it in the same step (scripts.ts, TERMINAL). */
+    connection: (ref: ConnectionRef) => `${connectionKey(ref)}:connection`,
+    /** A tenant's connection ids, for listing them. */
+    tenantConnections: (tenantId: string) => `${prefix}:v1:{${tenantId}}:connections`,
     /** A sharded pub/sub channel in the connection's slot (see scripts.ts, TERMINAL). */
     changes: (ref: ConnectionRef) => `${connectionKey(ref)}:changes`,
     /** The channel a worker process hears cancels of its attempts on; the cancel script appends

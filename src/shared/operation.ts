@@ -55,6 +55,12 @@ export const canceledError: ErrorDetail = {
   details: [],
 };
 
+/** What an operation asks of the processor: the work a client created it for (POST), the
+ *  provisioning of its connection's schema (a schema PATCH), or the removal of its connection
+ *  (DELETE). */
+export const OPERATION_KINDS = ['operation', 'schema', 'deleteConnection'] as const;
+export type OperationKind = (typeof OPERATION_KINDS)[number];
+
 export interface Operation {
   id: string;
   status: OperationStatus;

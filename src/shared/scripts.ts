@@ -17,8 +17,15 @@ import type { RedisClient } from './redis.js';
  * learns the ids inside the script.)
  *
  * An operation hash holds: s = status, e = errorDetail JSON (failed only), c = created ms,
- * u = last action ms; while inprogress also j = id of the batch job carrying it (absent: its own
- * job), a = attempts claimed, h = the holder of the current attempt, l = when its lease expires.
+ * u = last action ms; k = its kind when a connection's schema PATCH or DELETE made it (`schema`,
+ * `deleteConnection`; absent: created by POST); while inprogress also j = id of the batch job
+ * carrying it (absent: its own job), a = attempts claimed, h = the holder of the current attempt,
+ * l = when its lease expires.
+ *
+ * A connection record (keys.ts) holds: n = name, ds = description, st = state (draft, ready),
+ * c = created ms, sc = the schema JSON last submitted, rs = the schema JSON last provisioned (an
+ * update is checked against it), so = the id of its latest schema operation, d = the id of its
+ * delete operation while one is inprogress.
  */
 
 /** Removes up to `n` of the oldest index entries whose operation hash has expired. Amortizes
@@ -95,15 +102,21 @@ end
 `;
 
 /**
- * The terminal transition shared by FINISH, CLAIM and CANCEL, which take the same KEYS and
- * ARGV[1..4]:
+ * The terminal transition shared by FINISH, CLAIM, CANCEL and DELETE_CONNECTION, which take the
+ * same KEYS and ARGV[1..4]:
  * KEYS[1] inprogress status index, KEYS[2] completed, KEYS[3] failed, KEYS[4] index,
  * KEYS[5] the connection's changes channel (sharded pub/sub; declared as a key so that a cluster
- * routes and checks it like one);
+ * routes and checks it like one), KEYS[6] the connection record;
  * ARGV[1] now ms, ARGV[2] retention ms, ARGV[3] operation key prefix, ARGV[4] index ttl ms.
  * `end_operation` writes the record at once; `move_indexes` moves the index entries of every
  * operation ended in this call, in a few variadic calls, and announces them. The claim fields
- * go: a terminal record keeps only s, e, c and u.
+ * go: a terminal record keeps only s, e, c, u (and k).
+ *
+ * The end of a schema or delete operation is the connection's too, in the same step, so no crash
+ * can leave them disagreeing: a completed schema operation makes the connection ready with that
+ * schema provisioned (if it is still the connection's latest), a completed delete removes the
+ * record, a failed one leaves the connection as it was. The record is in the operations' slot
+ * (keys.ts).
  *
  * The announcement is one SPUBLISH per call, whatever the number of operations it ended: a JSON
  * array of the operations as the store reads them ({id, status, error, createdAt, lastActionAt}),
@@ -114,7 +127,17 @@ end
  */
 const TERMINAL = `${PRUNE_OLDEST}${MANY}
 local leaving, entering, announced = {}, { completed = {}, failed = {} }, {}
-local function end_operation(key, id, created, target, error_json)
+local function settle_connection(id, target, kind)
+  if kind == 'schema' then
+    if target == 'completed' and redis.call('HGET', KEYS[6], 'so') == id then
+      redis.call('HSET', KEYS[6], 'st', 'ready', 'rs', redis.call('HGET', KEYS[6], 'sc'))
+    end
+  elseif kind == 'deleteConnection' and redis.call('HGET', KEYS[6], 'd') == id then
+    if target == 'completed' then redis.call('DEL', KEYS[6]) else redis.call('HDEL', KEYS[6], 'd') end
+  end
+end
+local function end_operation(key, id, created, target, error_json, kind)
+  if kind then settle_connection(id, target, kind) end
   if error_json ~= '' then
     redis.call('HSET', key, 's', target, 'u', ARGV[1], 'e', error_json)
   else
@@ -143,6 +166,12 @@ local function move_indexes()
   redis.call('PEXPIRE', KEYS[4], ARGV[4])
   if #announced > 0 then redis.call('SPUBLISH', KEYS[5], '[' .. table.concat(announced, ',') .. ']') end
 end
+-- Tells the worker process that holds an attempt (its token, or nil) that the operation was
+-- canceled: on that process's own channel (see CANCEL).
+local function tell_holder(holder, channel_prefix)
+  local holder_process = holder and string.match(holder, '^([^:]+):')
+  if holder_process then redis.call('PUBLISH', channel_prefix .. holder_process, holder) end
+end
 `;
 
 /**
@@ -153,7 +182,7 @@ end
  * KEYS and ARGV[1..4] as TERMINAL; ARGV[5] lease ms, ARGV[6] attempts allowed in total,
  * ARGV[7] the errorDetail JSON of an operation whose attempts are spent, ARGV[8] the claiming
  * job's id ('' for the operations' own jobs), then per operation: id, holder token.
- * Returns per operation a pair:
+ * Returns per operation a pair (a claimed schema or delete operation: more, see below):
  *   {'claimed', attempt}   the attempt is this holder's until the lease expires (Redis time)
  *   {'terminal', 0}        completed or failed: the processor must not see it
  *   {'missing', 0}         no record (expired, or never created)
@@ -161,17 +190,24 @@ end
  *   {'busy', ms}           another holder's lease is live for ms more
  *   {'exhausted', n}       its n attempts are spent without an outcome (the last holder died or
  *                          lost its lease): this call recorded it failed
+ * A claimed schema or delete operation is {'claimed', attempt, kind, schema JSON or ''}: the
+ * processor is told what to do, and a schema operation provisions the connection's schema.
  * The record's fields: a = attempts claimed, h = holder token, l = lease expiry (Redis ms),
- * j = the batch job carrying it (absent: its own job).
+ * j = the batch job carrying it (absent: its own job), k = its kind.
  */
 const CLAIM = `${TERMINAL}${REDIS_MS}
 local lease, allowed, exhausted_json, job = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local now_ms = redis_ms()
 local out = {}
+local function claimed(attempt, kind)
+  if not kind then return { 'claimed', attempt } end
+  local schema = kind == 'schema' and redis.call('HGET', KEYS[6], 'sc') or ''
+  return { 'claimed', attempt, kind, schema or '' }
+end
 for i = 9, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local key = ARGV[3] .. id
-  local r = redis.call('HMGET', key, 's', 'j', 'h', 'l', 'a', 'c')
+  local r = redis.call('HMGET', key, 's', 'j', 'h', 'l', 'a', 'c', 'k')
   if not r[1] then
     out[#out + 1] = { 'missing', 0 }
   elseif r[1] ~= 'inprogress' then
@@ -180,17 +216,17 @@ for i = 9, #ARGV, 2 do
     out[#out + 1] = { 'elsewhere', 0 }
   elseif r[3] == token then
     -- The same claim again (the client resent it after a lost reply): the same attempt.
-    out[#out + 1] = { 'claimed', tonumber(r[5]) }
+    out[#out + 1] = claimed(tonumber(r[5]), r[7])
   elseif r[3] and (tonumber(r[4]) or 0) > now_ms then
     out[#out + 1] = { 'busy', tonumber(r[4]) - now_ms }
   else
     local spent = tonumber(r[5] or '0')
     if spent >= allowed then
-      end_operation(key, id, r[6], 'failed', exhausted_json)
+      end_operation(key, id, r[6], 'failed', exhausted_json, r[7])
       out[#out + 1] = { 'exhausted', spent }
     else
       redis.call('HSET', key, 'a', spent + 1, 'h', token, 'l', now_ms + lease)
-      out[#out + 1] = { 'claimed', spent + 1 }
+      out[#out + 1] = claimed(spent + 1, r[7])
     end
   end
 end
@@ -220,7 +256,7 @@ local out = {}
 for i = 5, #ARGV, 4 do
   local id, token, outcome, error_json = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = ARGV[3] .. id
-  local r = redis.call('HMGET', key, 's', 'h', 'c')
+  local r = redis.call('HMGET', key, 's', 'h', 'c', 'k')
   if not r[1] then
     out[#out + 1] = -1
   elseif r[1] ~= 'inprogress' then
@@ -237,7 +273,7 @@ for i = 5, #ARGV, 4 do
       redis.call('HDEL', key, 'h', 'l')
       redis.call('HINCRBY', key, 'a', -1)
     else
-      end_operation(key, id, r[3], outcome, error_json)
+      end_operation(key, id, r[3], outcome, error_json, r[4])
     end
     out[#out + 1] = 1
   end
@@ -262,14 +298,94 @@ return out
  */
 const CANCEL = `${TERMINAL}
 local key = ARGV[3] .. ARGV[5]
-local r = redis.call('HMGET', key, 's', 'e', 'c', 'u', 'h')
+local r = redis.call('HMGET', key, 's', 'e', 'c', 'u', 'h', 'k')
 if not r[1] then return { 'missing' } end
 if r[1] ~= 'inprogress' then return { 'ended', r[1], r[2] or '', r[3], r[4] } end
-end_operation(key, ARGV[5], r[3], 'failed', ARGV[6])
+end_operation(key, ARGV[5], r[3], 'failed', ARGV[6], r[6])
 move_indexes()
-local holder_process = r[5] and string.match(r[5], '^([^:]+):')
-if holder_process then redis.call('PUBLISH', ARGV[7] .. holder_process, r[5]) end
+tell_holder(r[5], ARGV[7])
 return { 'canceled', 'failed', ARGV[6], r[3] or ARGV[1], ARGV[1] }
+`;
+
+/** Adds an inprogress operation of a connection's schema or delete, carried by its own job. */
+const ADD_OPERATION = `
+local function add_operation(index, inprogress, op_prefix, id, now, kind)
+  redis.call('HSET', op_prefix .. id, 's', 'inprogress', 'c', now, 'u', now, 'k', kind)
+  redis.call('ZADD', index, now, id)
+  redis.call('ZADD', inprogress, now, id)
+  prune_oldest(index, op_prefix, 2)
+end
+-- The id of an operation of the connection that is still inprogress, or nil.
+local function live(op_prefix, id)
+  if id and redis.call('HGET', op_prefix .. id, 's') == 'inprogress' then return id end
+  return nil
+end
+`;
+
+/**
+ * create_connection: a tenant's externalConnection, unless its id is taken.
+ * KEYS[1] the connection record. ARGV[1] name, ARGV[2] description, ARGV[3] now ms.
+ * Returns 1 when created, 0 when it exists.
+ */
+const CREATE_CONNECTION = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'n', ARGV[1], 'ds', ARGV[2], 'st', 'draft', 'c', ARGV[3])
+return 1
+`;
+
+/**
+ * submit_schema: a connection's new schema and the operation that provisions it, at once. One
+ * provisioning at a time: refused while a schema or delete operation of the connection is
+ * inprogress. The connection keeps its state (a ready one stays ready while a new schema
+ * provisions); the schema is stored as submitted, so it reads back at once.
+ * KEYS[1] the connection record, KEYS[2] index, KEYS[3] inprogress status index
+ * ARGV[1] now ms, ARGV[2] operation key prefix, ARGV[3] index ttl ms, ARGV[4] the new
+ * operation's id, ARGV[5] the schema JSON, ARGV[6] the id of the latest schema operation when the
+ * caller read the provisioned schema it validated the new one against ('' for none)
+ * Returns {'accepted'}, {'missing'}, {'deleting' | 'provisioning', id of that operation}, or
+ * {'changed'}: another schema was submitted since that read (validate again).
+ */
+const SUBMIT_SCHEMA = `${PRUNE_OLDEST}${ADD_OPERATION}
+local connection = redis.call('HMGET', KEYS[1], 'st', 'so', 'd')
+if not connection[1] then return { 'missing' } end
+local deleting = live(ARGV[2], connection[3])
+if deleting then return { 'deleting', deleting } end
+local provisioning = live(ARGV[2], connection[2])
+if provisioning then return { 'provisioning', provisioning } end
+if (connection[2] or '') ~= ARGV[6] then return { 'changed' } end
+add_operation(KEYS[2], KEYS[3], ARGV[2], ARGV[4], ARGV[1], 'schema')
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'sc', ARGV[5], 'so', ARGV[4])
+return { 'accepted' }
+`;
+
+/**
+ * delete_connection: the operation that deletes a connection. The delete wins over a schema
+ * still provisioning: that operation fails with the given errorDetail (canceled) in this same
+ * step, and the worker holding its attempt is told, like a client's cancel. The record stays
+ * until the delete operation completes (TERMINAL). A second delete while one is inprogress
+ * creates nothing and names the first.
+ * KEYS and ARGV[1..4] as TERMINAL; ARGV[5] the new operation's id, ARGV[6] the errorDetail JSON
+ * of a canceled schema operation, ARGV[7] prefix of the workers' cancel channels.
+ * Returns {'accepted', id of the schema operation canceled or ''}, {'missing'}, or
+ * {'deleting', id of the delete operation inprogress}.
+ */
+const DELETE_CONNECTION = `${TERMINAL}${ADD_OPERATION}
+local connection = redis.call('HMGET', KEYS[6], 'st', 'so', 'd')
+if not connection[1] then return { 'missing' } end
+local deleting = live(ARGV[3], connection[3])
+if deleting then return { 'deleting', deleting } end
+add_operation(KEYS[4], KEYS[1], ARGV[3], ARGV[5], ARGV[1], 'deleteConnection')
+redis.call('HSET', KEYS[6], 'd', ARGV[5])
+local provisioning = live(ARGV[3], connection[2])
+if provisioning then
+  local key = ARGV[3] .. provisioning
+  local r = redis.call('HMGET', key, 'c', 'h')
+  end_operation(key, provisioning, r[1], 'failed', ARGV[6], 'schema')
+  tell_holder(r[2], ARGV[7])
+end
+move_indexes()
+return { 'accepted', provisioning or '' }
 `;
 
 /**
@@ -455,4 +571,7 @@ export const scripts = {
   renewLock: new Script(RENEW_LOCK),
   releaseLock: new Script(RELEASE_LOCK),
   list: new Script(LIST),
+  createConnection: new Script(CREATE_CONNECTION),
+  submitSchema: new Script(SUBMIT_SCHEMA),
+  deleteConnection: new Script(DELETE_CONNECTION),
 };

@@ -4,8 +4,9 @@ import type { RedisClient } from './redis.js';
 import { scripts } from './scripts.js';
 
 /**
- * The operation store: the only module that reads or writes operation records in Redis.
- * Records are scoped by tenant and connection; every transition is one Lua script.
+ * The operation store: the module that reads and writes operation records in Redis (the one
+ * other writer is the connection store, whose schema and delete scripts create their
+ * operations). Records are scoped by tenant and connection; every transition is one Lua script.
  */
 
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -53,10 +54,15 @@ export interface ClaimRequest {
   holder: string;
 }
 export type ClaimResult =
-  | { kind: 'claimed'; attempt: number }
+  | { kind: 'claimed'; attempt: number; task: OperationTask }
   | { kind: 'terminal' | 'missing' | 'elsewhere' }
   | { kind: 'busy'; leaseLeftMs: number }
   | { kind: 'exhausted'; attempts: number };
+
+/** What a claimed attempt is to do: an operation created by POST, or a connection's schema
+ *  (its JSON as submitted) or deletion. */
+export type OperationTask = { kind: 'operation' } | { kind: 'schema'; schemaJson: string } | { kind: 'deleteConnection' };
+const POSTED: OperationTask = { kind: 'operation' };
 
 export type CancelResult = { result: 'missing' } | { result: 'canceled' | 'ended'; operation: Operation };
 
@@ -77,7 +83,7 @@ export class OperationStore {
   readonly keys: Keys;
   private readonly retentionMs: number;
   /** Indexes outlive the records they list by a day, then expire with them. */
-  private readonly indexTtlMs: number;
+  readonly indexTtlMs: number;
   private readonly now: () => number;
   /** When this process last refreshed each connection's registry entry. */
   private readonly registered = new Map<string, number>();
@@ -178,9 +184,11 @@ export class OperationStore {
     const reply = (await scripts.claim.run(this.redis, this.terminalKeys(connection), [...this.terminalArgs(connection), ...args])) as [
       string,
       number,
+      string?,
+      string?,
     ][];
-    return reply.map(([kind, n]): ClaimResult => {
-      if (kind === 'claimed') return { kind, attempt: n };
+    return reply.map(([kind, n, task, schemaJson = '']): ClaimResult => {
+      if (kind === 'claimed') return { kind, attempt: n, task: taskOf(task, schemaJson) };
       if (kind === 'busy') return { kind, leaseLeftMs: n };
       if (kind === 'exhausted') return { kind, attempts: n };
       return { kind: kind as 'terminal' | 'missing' | 'elsewhere' };
@@ -204,17 +212,20 @@ export class OperationStore {
     return (await scripts.handOver.run(this.redis, [this.keys.operation(ref)], [batchJobId])) === 1;
   }
 
-  private terminalKeys(connection: ConnectionRef): string[] {
+  /** KEYS of the scripts that may end operations of a connection (scripts.ts, TERMINAL). */
+  terminalKeys(connection: ConnectionRef): string[] {
     return [
       this.keys.statusIndex(connection, 'inprogress'),
       this.keys.statusIndex(connection, 'completed'),
       this.keys.statusIndex(connection, 'failed'),
       this.keys.index(connection),
       this.keys.changes(connection),
+      this.keys.connection(connection),
     ];
   }
 
-  private terminalArgs(connection: ConnectionRef): (string | number)[] {
+  /** ARGV[1..4] of those scripts. */
+  terminalArgs(connection: ConnectionRef): (string | number)[] {
     return [this.now(), this.retentionMs, this.keys.operationPrefix(connection), this.indexTtlMs];
   }
 
@@ -313,8 +324,9 @@ export class OperationStore {
   }
 
   /** Records that a connection has operations, before the first of them is written, so the
-   *  reconciler can find it. Refreshed at most every REGISTRY_REFRESH_MS per process. */
-  private async register(connection: ConnectionRef, now: number): Promise<void> {
+   *  reconciler can find it. Refreshed at most every REGISTRY_REFRESH_MS per process. (Also for
+   *  the connection store, which writes the operations of schemas and deletes.) */
+  async register(connection: ConnectionRef, now = this.now()): Promise<void> {
     const tag = connectionTag(connection);
     const last = this.registered.get(tag);
     if (last !== undefined && now - last < REGISTRY_REFRESH_MS) return;
@@ -324,8 +336,14 @@ export class OperationStore {
   }
 }
 
+function taskOf(kind: string | undefined, schemaJson: string): OperationTask {
+  if (kind === 'schema') return { kind, schemaJson };
+  if (kind === 'deleteConnection') return { kind };
+  return POSTED;
+}
+
 /** Every error is stored in the shape both Graph models read (operation.ts, storedError). */
-function errorJson(error: ErrorDetail): string {
+export function errorJson(error: ErrorDetail): string {
   return JSON.stringify(storedError(error));
 }
 

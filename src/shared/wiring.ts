@@ -1,4 +1,5 @@
 import type { Config } from './config.js';
+import { ConnectionStore } from './connection-store.js';
 import type { Logger } from './logger.js';
 import { OperationQueue } from './queue.js';
 import type { RedisClient } from './redis.js';
@@ -11,12 +12,16 @@ export type OperationsConfig = Pick<
 >;
 
 /**
- * A process's operation store and queue, built from the configuration. The API and the workers
+ * A process's operation and connection stores and queue, built from the configuration. The API and the workers
  * both build theirs here, so they agree on the key prefix, the retention, the attempts and
  * backoff of jobs, and the shards: a process that disagreed would read other keys or consume
  * other queues. Build them once Redis is ready: BullMQ caches a failed start-up check forever.
  */
-export function operationsFor(config: OperationsConfig, redis: RedisClient, log: Logger): { store: OperationStore; queue: OperationQueue } {
+export function operationsFor(
+  config: OperationsConfig,
+  redis: RedisClient,
+  log: Logger,
+): { store: OperationStore; queue: OperationQueue; connections: ConnectionStore } {
   const store = new OperationStore(redis, {
     prefix: config.REDIS_PREFIX,
     retentionMs: config.OPERATION_RETENTION_SECONDS * 1000,
@@ -28,5 +33,5 @@ export function operationsFor(config: OperationsConfig, redis: RedisClient, log:
     log,
     config.QUEUE_SHARDS,
   );
-  return { store, queue };
+  return { store, queue, connections: new ConnectionStore(redis, store) };
 }

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { connectionTag, groupByConnection } from '../shared/keys.js';
 import type { Logger } from '../shared/logger.js';
 import type { OperationRef } from '../shared/operation.js';
-import type { AttemptOutcome, ClaimResult, ClaimRules, FinishResult, OperationStore } from '../shared/store.js';
+import type { AttemptOutcome, ClaimResult, ClaimRules, FinishResult, OperationStore, OperationTask } from '../shared/store.js';
 import { TickWriter } from './tick-writer.js';
 
 /** A claimed attempt: its number, the token that fences its writes, and the signal its
@@ -10,6 +10,8 @@ import { TickWriter } from './tick-writer.js';
 export interface HeldAttempt {
   attempt: number;
   holder: string;
+  /** What the processor is to do (an operation of a connection's schema or deletion, or not). */
+  task: OperationTask;
   readonly signal: AbortSignal;
   /** Why the attempt was aborted, if it was. */
   readonly abortReason: Error | undefined;
@@ -29,6 +31,7 @@ class Held implements HeldAttempt {
     readonly ref: OperationRef,
     readonly attempt: number,
     readonly holder: string,
+    readonly task: OperationTask,
   ) {}
 
   get signal(): AbortSignal {
@@ -96,13 +99,14 @@ export class Attempts {
       this.claiming.delete(holder);
     }
     if (result.kind !== 'claimed') return result;
-    const held = new Held(ref, result.attempt, holder);
+    const held = new Held(ref, result.attempt, holder, result.task);
     if (abortedEarly) held.abort(abortedEarly);
     this.held.set(holder, held);
     return {
       kind: 'claimed',
       attempt: held.attempt,
       holder,
+      task: held.task,
       get signal() {
         return held.signal;
       },

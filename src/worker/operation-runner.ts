@@ -1,4 +1,5 @@
 import type { Config } from '../shared/config.js';
+import type { ConnectionSchema } from '../shared/connection-schema.js';
 import type { Logger } from '../shared/logger.js';
 import type { WorkerSeries } from '../shared/metrics.js';
 import type { ErrorDetail, OperationRef, TerminalStatus } from '../shared/operation.js';
@@ -73,6 +74,8 @@ export function createOperationRunner({ store, queue, processor, config, log, me
     if (canceled()) return { canceled: true };
     try {
       await processor({
+        kind: held.task.kind,
+        ...(held.task.kind === 'schema' ? { schema: JSON.parse(held.task.schemaJson) as ConnectionSchema } : {}),
         tenantId: ref.tenantId,
         connectionId: ref.connectionId,
         operation: { id: ref.operationId, status: 'inprogress', error: null },

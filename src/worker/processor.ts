@@ -1,4 +1,5 @@
-import { errorDetailSchema, type ErrorDetail, type OperationStatus } from '../shared/operation.js';
+import type { ConnectionSchema } from '../shared/connection-schema.js';
+import { errorDetailSchema, type ErrorDetail, type OperationKind, type OperationStatus } from '../shared/operation.js';
 
 /**
  * The processor contract. A processor is an async function that does an operation's work:
@@ -7,6 +8,12 @@ import { errorDetailSchema, type ErrorDetail, type OperationStatus } from '../sh
  * is transient and retried until the attempts run out.
  */
 export interface ProcessorInput {
+  /** `operation`: created by a client's POST; `schema`: provision the connection's `schema`
+   *  (a schema PATCH made it); `deleteConnection`: remove what the connection provisioned (a
+   *  DELETE made it). */
+  kind: OperationKind;
+  /** The schema to provision, as submitted (kind `schema` only). */
+  schema?: ConnectionSchema;
   tenantId: string;
   connectionId: string;
   operation: { id: string; status: OperationStatus; error: ErrorDetail | null };

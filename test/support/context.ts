@@ -61,12 +61,14 @@ export async function createApiContext(overrides: Record<string, string> = {}) {
 export async function createApiContextFor(config: Config) {
   const redis = createRedis({ url: config.REDIS_URL, role: 'producer', commandTimeoutMs: 2000 });
   await waitUntilReady(redis);
-  const { store, queue } = operationsFor(config, redis, silentLog);
+  const { store, queue, connections } = operationsFor(config, redis, silentLog);
   const subscriber = new Subscriber(createRedis({ url: config.REDIS_URL, role: 'subscriber' }), silentLog);
   const watch = new OperationWatch(store, subscriber, silentLog, 2000);
   const app = createApp({
     store,
     creates: new CreateBatcher(store, queue, silentLog),
+    connections,
+    queue,
     watch,
     auth: jwtAuthenticator(config),
     config,
@@ -80,6 +82,7 @@ export async function createApiContextFor(config: Config) {
     redis,
     store,
     queue,
+    connections,
     watch,
     app,
     token,

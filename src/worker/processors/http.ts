@@ -26,7 +26,7 @@ const graphErrorSchema = z.object({
 });
 
 /**
- * POSTs `{ tenantId, connectionId, operation, attempt }` to the processor URL.
+ * POSTs `{ kind, schema?, tenantId, connectionId, operation, attempt }` to the processor URL.
  * 2xx: completed. 4xx (but 408/429): failed at once, with the errorDetail from the body.
  * 408, 429, 5xx, timeouts and network errors: retried.
  *
@@ -37,8 +37,8 @@ const graphErrorSchema = z.object({
  */
 export function httpProcessor({ url, secret, timeoutMs }: HttpProcessorOptions): Processor {
   const pool = new Agent();
-  return async ({ tenantId, connectionId, operation, attempt, signal }) => {
-    const body = JSON.stringify({ tenantId, connectionId, operation, attempt });
+  return async ({ kind, schema, tenantId, connectionId, operation, attempt, signal }) => {
+    const body = JSON.stringify({ kind, ...(schema ? { schema } : {}), tenantId, connectionId, operation, attempt });
     const headers: Record<string, string> = { 'content-type': 'application/json' };
     if (secret) headers['x-signature'] = `sha256=${createHmac('sha256', secret).update(body).digest('hex')}`;
 
