@@ -1,5 +1,6 @@
 import type { Config } from '../shared/config.js';
 import type { ConnectionSchema } from '../shared/connection-schema.js';
+import type { ConnectionStore } from '../shared/connection-store.js';
 import type { Logger } from '../shared/logger.js';
 import type { WorkerSeries } from '../shared/metrics.js';
 import type { ErrorDetail, OperationRef, TerminalStatus } from '../shared/operation.js';
@@ -16,6 +17,8 @@ export interface OperationRunnerDeps {
   config: Pick<Config, 'OPERATION_ATTEMPTS' | 'WORKER_CONCURRENCY' | 'WORKER_LOCK_DURATION_MS'>;
   log: Logger;
   metrics?: WorkerSeries;
+  /** Takes a connection off its tenant's list once its delete operation completed. */
+  connections?: Pick<ConnectionStore, 'unlist'>;
 }
 
 /** A job that finds another holder on an operation looks again this long after its lease ends. */
@@ -51,7 +54,7 @@ export interface OperationRunner {
  * A Redis failure throws, and BullMQ retries the job; the claim keeps that from running an
  * attempt twice at once.
  */
-export function createOperationRunner({ store, queue, processor, config, log, metrics }: OperationRunnerDeps): OperationRunner {
+export function createOperationRunner({ store, queue, processor, config, log, metrics, connections }: OperationRunnerDeps): OperationRunner {
   const slots = new Semaphore(config.WORKER_CONCURRENCY);
   const attempts = new Attempts(
     store,
@@ -156,6 +159,11 @@ export function createOperationRunner({ store, queue, processor, config, log, me
       metrics?.processingDuration.observe({ outcome: outcome.status }, seconds);
       metrics?.finished(outcome.status, outcome.error?.errorCode);
       log.info({ operationId, connectionId, attempt, durationMs, status: outcome.status, errorCode: outcome.error?.errorCode }, 'operation finished');
+      // The finish removed the connection's record; its entry in the tenant's list is another
+      // slot. Should this fail, the next listing of the tenant's connections removes it.
+      if (claim.task.kind === 'deleteConnection' && outcome.status === 'completed') {
+        await connections?.unlist(ref).catch((error: unknown) => log.warn({ err: error, connectionId }, 'could not take a deleted connection off its list'));
+      }
     }
     return 'done';
   }

@@ -40,9 +40,9 @@ export async function startWorker(config: Config, log: Logger, metrics: Metrics,
   await connectRedis(redis, config.REDIS_URL, log);
   await warnUnlessNoEviction(redis, log);
 
-  const { store, queue } = operationsFor(config, redis, log);
+  const { store, queue, connections } = operationsFor(config, redis, log);
   const subscriber = shared.subscriber ?? new Subscriber(createRedis({ url: config.REDIS_URL, role: 'subscriber', connectionName: 'cops-worker-events' }), log);
-  const worker = createWorker({ connection: redis, store, queue, processor, config, log, metrics, subscriber });
+  const worker = createWorker({ connection: redis, store, queue, processor, config, log, metrics, subscriber, connections });
   await worker.hearingCancels.catch((error: unknown) => {
     log.warn({ err: error }, 'could not subscribe to cancels; a canceled attempt is aborted at its next lease renewal instead');
   });

@@ -1,5 +1,6 @@
 import { DelayedError, WaitingError, Worker, type Job } from 'bullmq';
 import type { Config } from '../shared/config.js';
+import type { ConnectionStore } from '../shared/connection-store.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import type { OperationRef } from '../shared/operation.js';
@@ -30,6 +31,8 @@ export interface WorkerDeps {
   metrics?: Metrics;
   /** The process's pub/sub connection: cancels of this worker's attempts come through it. */
   subscriber?: Subscriber;
+  /** Tidies a tenant's connection list after a connection's delete operation completes. */
+  connections?: Pick<ConnectionStore, 'unlist'>;
 }
 
 /** After aborting the processors at the shutdown deadline, how long to wait for them to return
@@ -67,9 +70,10 @@ export interface OperationWorker {
  * waits in the queue (taking fewer jobs would leave slots idle beside a slow operation; switching
  * BullMQ's concurrency at run time does not wake its fetch loop).
  */
-export function createWorker({ connection, store, queue, processor, config, log, metrics: processMetrics, subscriber }: WorkerDeps): OperationWorker {
+export function createWorker(deps: WorkerDeps): OperationWorker {
+  const { connection, store, queue, processor, config, log, metrics: processMetrics, subscriber, connections } = deps;
   const metrics = processMetrics?.workerSeries();
-  const operations = createOperationRunner({ store, queue, processor, config, log, ...(metrics ? { metrics } : {}) });
+  const operations = createOperationRunner({ store, queue, processor, config, log, ...(metrics ? { metrics } : {}), ...(connections ? { connections } : {}) });
   let jobsHeld = 0;
   // A cancel names the attempt's holder token; the message is the token (shared/scripts.ts, CANCEL).
   const cancels = subscriber?.listen(`${store.keys.cancelsPrefix()}${operations.processId}`, 'classic', (holder) => operations.cancel(holder));
