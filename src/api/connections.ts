@@ -1,6 +1,6 @@
 import { OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
-import type { ExternalConnection } from '../shared/connection.js';
+import { describeConnectionBodyProblem, type ExternalConnection } from '../shared/connection.js';
 import { validateSchema, type SchemaViolation } from '../shared/connection-schema.js';
 import type { SubmitResult } from '../shared/connection-store.js';
 import type { ConnectionRef } from '../shared/keys.js';
@@ -16,7 +16,7 @@ import {
 import type { AppDeps, AppEnv } from './env.js';
 import { GraphError, notFound, unlessRedisFails } from './errors.js';
 import { encodeConnectionSkipToken, nextLink } from './list-query.js';
-import { answer, jsonResponse } from './respond.js';
+import { emptyAnswer, jsonResponse } from './respond.js';
 import type { ConnectionResource } from './schemas.js';
 import { publicBaseUrl } from './urls.js';
 import { answerValidationFailure } from './validation.js';
@@ -33,7 +33,7 @@ const deletedWhileProvisioning: ErrorDetail = {
 
 /** The externalConnection handlers, for one path family (connection-routes.ts describes them). */
 export function connectionRoutes({ connections, queue, config, log }: AppDeps): OpenAPIHono<AppEnv> {
-  const routes = new OpenAPIHono<AppEnv>({ defaultHook: answerValidationFailure });
+  const routes = new OpenAPIHono<AppEnv>({ defaultHook: answerValidationFailure(describeConnectionBodyProblem) });
 
   /** The job that carries a schema or delete operation. If it cannot be added, the operation
    *  is stored and inprogress all the same: the reconciler enqueues it, so the 202 holds. */
@@ -47,7 +47,7 @@ export function connectionRoutes({ connections, queue, config, log }: AppDeps): 
 
   /** 202, no body, the operation's Location and a polling hint. */
   const acceptedOperation = (c: Context<AppEnv>, connectionPath: string, operationId: string) =>
-    answer(c, '', 202, 'text/plain', {
+    emptyAnswer(c, 202, {
       Location: `${publicBaseUrl(c, config)}${connectionPath}/operations/${operationId}`,
       'Retry-After': PROVISIONING_RETRY_AFTER,
     });

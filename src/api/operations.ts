@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
-import { OPERATION_CANCELED, OPERATION_ID_PATTERN, canceledError, type Operation, type OperationRef } from '../shared/operation.js';
+import { OPERATION_CANCELED, OPERATION_ID_PATTERN, canceledError, describeCreateBodyProblem, type Operation, type OperationRef } from '../shared/operation.js';
 import type { AppDeps, AppEnv } from './env.js';
 import { GraphError, notFound, unlessRedisFails } from './errors.js';
 import { encodeSkipToken, nextLink } from './list-query.js';
@@ -25,7 +25,7 @@ const INPROGRESS_RETRY_AFTER = '1';
 
 /** The connectionOperation handlers, for one path family (operation-routes.ts describes them). */
 export function operationRoutes({ store, creates, watch, config, log, metrics }: AppDeps): OpenAPIHono<AppEnv> {
-  const routes = new OpenAPIHono<AppEnv>({ defaultHook: answerValidationFailure });
+  const routes = new OpenAPIHono<AppEnv>({ defaultHook: answerValidationFailure(describeCreateBodyProblem) });
   const series = metrics?.apiSeries();
 
   /** Answers with the operation; with `Prefer: wait=N` on an inprogress one, first holds the

@@ -32,14 +32,25 @@ export function answer(
   headers: Record<string, string> = {},
   isJson = false,
 ): JsonAnswer {
+  const response = new Response(body, { status, headers: { 'content-type': contentType, ...idsOf(c), ...headers } });
+  answered.set(response, isJson && typeof body === 'string' ? body : undefined);
+  return response as JsonAnswer;
+}
+
+/** An answer without a body (a 202 whose Location says where to look), with the request's ids. */
+export function emptyAnswer(c: Context<AppEnv>, status: number, headers: Record<string, string>): JsonAnswer {
+  const response = new Response(null, { status, headers: { ...idsOf(c), ...headers } });
+  answered.set(response, undefined);
+  return response as JsonAnswer;
+}
+
+function idsOf(c: Context<AppEnv>): Record<string, string> {
   const ids: Record<string, string> = {};
   const requestId = c.get('requestId');
   const clientRequestId = c.get('clientRequestId');
   if (requestId) ids['request-id'] = requestId;
   if (clientRequestId) ids['client-request-id'] = clientRequestId;
-  const response = new Response(body, { status, headers: { 'content-type': contentType, ...ids, ...headers } });
-  answered.set(response, isJson && typeof body === 'string' ? body : undefined);
-  return response as JsonAnswer;
+  return ids;
 }
 
 /** What a route handler of @hono/zod-openapi may return: its answer's type is checked against
