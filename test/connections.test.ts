@@ -73,9 +73,27 @@ let sequence = 0;
 /** A connection id no other test uses, with a prefix that picks the processor's answer. */
 const freshId = (prefix = 'conn') => `${prefix}${++sequence}x${Date.now().toString(36)}`;
 
-async function json(response: Response): Promise<Record<string, any>> {
-  return (await response.json()) as Record<string, any>;
+interface Resource {
+  id: string;
+  [property: string]: unknown;
 }
+interface OperationBody extends Resource {
+  status: string;
+  error: Record<string, unknown> | null;
+}
+interface ErrorBody {
+  error: { code: string; message: string; details?: { code: string; message: string; target: string }[]; innerError: Record<string, string> };
+}
+interface ListBody {
+  value: Resource[];
+  '@odata.count'?: number;
+  '@odata.nextLink'?: string;
+}
+
+async function json<T = Resource>(response: Response): Promise<T> {
+  return (await response.json()) as T;
+}
+const ids = (list: ListBody) => list.value.map(({ id }) => id);
 
 async function createConnection(id: string, body: Record<string, unknown> = {}) {
   const response = await ctx.post(CONNECTIONS, { id, name: `Connection ${id}`, ...body });
@@ -98,10 +116,10 @@ function operationPath(response: Response): string {
 }
 
 /** Waits for the operation to end, with Prefer: wait (answered as soon as it ends). */
-async function ended(path: string): Promise<Record<string, any>> {
+async function ended(path: string): Promise<OperationBody> {
   return pollUntil(
     async () => {
-      const operation = await json(await ctx.request(path, { headers: { prefer: 'wait=5' } }));
+      const operation = await json<OperationBody>(await ctx.request(path, { headers: { prefer: 'wait=5' } }));
       return operation.status === 'inprogress' ? undefined : operation;
     },
     { timeoutMs: 15_000, what: `operation ${path} never ended` },
@@ -125,7 +143,7 @@ describe('connections', () => {
     expect(await json(await ctx.request(`${CONNECTIONS}/${id}`))).toEqual(expected);
     // The beta path family and the unprefixed paths serve the same connection.
     expect((await json(await ctx.request(`/beta/connections/${id}`))).id).toBe(id);
-    const list = await json(await ctx.request(`${CONNECTIONS}?$count=true`));
+    const list = await json<ListBody>(await ctx.request(`${CONNECTIONS}?$count=true`));
     expect(list.value).toContainEqual(expected);
     expect(list['@odata.count']).toBe(list.value.length);
   });
@@ -135,7 +153,7 @@ describe('connections', () => {
     await createConnection(id);
     const taken = await ctx.post(CONNECTIONS, { id, name: 'again' });
     expect(taken.status).toBe(409);
-    expect((await json(taken)).error.message).toContain(id);
+    expect((await json<ErrorBody>(taken)).error.message).toContain(id);
 
     const cases: [unknown, RegExp][] = [
       [{ name: 'no id' }, /'id' is required/],
@@ -150,7 +168,7 @@ describe('connections', () => {
     for (const [body, message] of cases) {
       const response = await ctx.post(CONNECTIONS, body);
       expect(response.status, JSON.stringify(body)).toBe(400);
-      expect((await json(response)).error.message).toMatch(message);
+      expect((await json<ErrorBody>(response)).error.message).toMatch(message);
     }
   });
 
@@ -158,23 +176,24 @@ describe('connections', () => {
     const token = await signToken({ tid: '33333333-3333-4333-8333-333333333333' });
     const asTenant = (path: string, init: RequestInit = {}) =>
       ctx.request(path, { ...init, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', ...init.headers } });
-    const ids = ['pagea', 'pageb', 'pagec', 'paged', 'pagee'];
-    for (const id of [...ids].reverse()) {
+    const created = ['pagea', 'pageb', 'pagec', 'paged', 'pagee'];
+    for (const id of [...created].reverse()) {
       expect((await asTenant(CONNECTIONS, { method: 'POST', body: JSON.stringify({ id, name: id }) })).status).toBe(201);
     }
     const seen: string[] = [];
     let next: string | undefined = `${CONNECTIONS}?$top=2`;
     while (next) {
-      const page = await json(await asTenant(next));
+      const page: ListBody = await json<ListBody>(await asTenant(next));
       expect(page.value.length).toBeLessThanOrEqual(2);
-      seen.push(...page.value.map((connection: { id: string }) => connection.id));
-      next = page['@odata.nextLink'] ? new URL(page['@odata.nextLink']).pathname + new URL(page['@odata.nextLink']).search : undefined;
+      seen.push(...ids(page));
+      const link = page['@odata.nextLink'];
+      next = link ? new URL(link).pathname + new URL(link).search : undefined;
     }
-    expect(seen).toEqual(ids);
+    expect(seen).toEqual(created);
 
     const refused = await asTenant(`${CONNECTIONS}?$filter=${encodeURIComponent("state eq 'ready'")}`);
     expect(refused.status).toBe(400);
-    expect((await json(refused)).error.message).toBe("Query option '$filter' is not supported here; the supported options are $top, $skiptoken, $count.");
+    expect((await json<ErrorBody>(refused)).error.message).toBe("Query option '$filter' is not supported here; the supported options are $top, $skiptoken, $count.");
   });
 
   it("keeps every tenant's connections its own: another tenant neither sees nor collides with them", async () => {
@@ -186,8 +205,8 @@ describe('connections', () => {
     expect((await ctx.request(`${CONNECTIONS}/${id}/schema`, { headers: asOther })).status).toBe(404);
     expect((await ctx.request(`${CONNECTIONS}/${id}`, { method: 'DELETE', headers: asOther })).status).toBe(404);
     expect((await patchSchema(id, SCHEMA, asOther)).status).toBe(404);
-    const list = await json(await ctx.request(CONNECTIONS, { headers: asOther }));
-    expect(list.value.map((connection: { id: string }) => connection.id)).not.toContain(id);
+    const list = await json<ListBody>(await ctx.request(CONNECTIONS, { headers: asOther }));
+    expect(ids(list)).not.toContain(id);
     // The same id is free in the other tenant.
     expect((await ctx.post(CONNECTIONS, { id, name: 'theirs' }, asOther)).status).toBe(201);
     expect((await json(await ctx.request(`${CONNECTIONS}/${id}`))).name).toBe(`Connection ${id}`);
@@ -227,8 +246,8 @@ describe('schema provisioning', () => {
     expect(call).toMatchObject({ kind: 'schema', schema: SCHEMA, tenantId: TENANT, operation: { id: operation.id, status: 'inprogress' }, attempt: 1 });
     expect((await json(await ctx.request(`${CONNECTIONS}/${id}`))).state).toBe('ready');
     // A client that lost the Location finds the operation in the connection's list.
-    const listed = await json(await ctx.request(`${CONNECTIONS}/${id}/operations`));
-    expect(listed.value.map((seen: { id: string }) => seen.id)).toContain(operation.id);
+    const listed = await json<ListBody>(await ctx.request(`${CONNECTIONS}/${id}/operations`));
+    expect(ids(listed)).toContain(operation.id);
   });
 
   it('tells the processor kind operation for an operation created by POST', async () => {
@@ -259,7 +278,7 @@ describe('schema provisioning', () => {
     const operationId = path.split('/').pop()!;
     const again = await patchSchema(id, SCHEMA);
     expect(again.status).toBe(409);
-    expect((await json(again)).error.message).toContain(operationId);
+    expect((await json<ErrorBody>(again)).error.message).toContain(operationId);
     expect((await patchSchema(freshId(), SCHEMA)).status).toBe(404);
     expect((await ctx.request(`${CONNECTIONS}/${freshId()}/schema`)).status).toBe(404);
     // Let the held provisioning go.
@@ -278,15 +297,15 @@ describe('schema provisioning', () => {
     };
     const response = await patchSchema(id, broken);
     expect(response.status).toBe(400);
-    const { error } = await json(response);
+    const { error } = await json<ErrorBody>(response);
     expect(error.code).toBe('InvalidRequest');
     expect(error.message).toBe("Searchable property 'y' cannot be of type 'int64'; only string and stringCollection properties are searchable.");
     expect(error.innerError.code).toBe('SearchableShouldBeOfTypeString');
-    expect(error.details.map((detail: { code: string }) => detail.code)).toEqual(['SearchableShouldBeOfTypeString', 'RefinerShouldNotBeOfType']);
-    expect(error.details[1]).toEqual({ code: 'RefinerShouldNotBeOfType', message: "Refiner property 'x' cannot be of type 'Boolean'.", target: 'x' });
+    expect(error.details?.map((detail) => detail.code)).toEqual(['SearchableShouldBeOfTypeString', 'RefinerShouldNotBeOfType']);
+    expect(error.details?.[1]).toEqual({ code: 'RefinerShouldNotBeOfType', message: "Refiner property 'x' cannot be of type 'Boolean'.", target: 'x' });
     // Nothing was stored or enqueued.
     expect((await ctx.request(`${CONNECTIONS}/${id}/schema`)).status).toBe(404);
-    expect((await json(await ctx.request(`${CONNECTIONS}/${id}/operations`))).value).toEqual([]);
+    expect((await json<ListBody>(await ctx.request(`${CONNECTIONS}/${id}/operations`))).value).toEqual([]);
   });
 
   it('checks an update against the provisioned schema: properties may be added, not removed or retyped', async () => {
@@ -295,9 +314,9 @@ describe('schema provisioning', () => {
     expect((await ended(operationPath(await patchSchema(id, SCHEMA)))).status).toBe('completed');
     const removed = await patchSchema(id, { ...SCHEMA, properties: SCHEMA.properties.slice(1) });
     expect(removed.status).toBe(400);
-    expect((await json(removed)).error.innerError.code).toBe('PropertyCannotBeRemoved');
+    expect((await json<ErrorBody>(removed)).error.innerError.code).toBe('PropertyCannotBeRemoved');
     const retyped = await patchSchema(id, { ...SCHEMA, properties: [...SCHEMA.properties.slice(0, 2), { name: 'assignee', type: 'stringCollection', isRetrievable: true }] });
-    expect((await json(retyped)).error.innerError.code).toBe('PropertyTypeCannotChange');
+    expect((await json<ErrorBody>(retyped)).error.innerError.code).toBe('PropertyTypeCannotChange');
     const added = { ...SCHEMA, properties: [...SCHEMA.properties, { name: 'dueDate', type: 'dateTime', isQueryable: true }] };
     expect((await ended(operationPath(await patchSchema(id, added)))).status).toBe('completed');
     expect((await json(await ctx.request(`${CONNECTIONS}/${id}/schema`))).properties).toHaveLength(4);
@@ -320,10 +339,10 @@ describe('deleting a connection', () => {
     expect((await ctx.request(`${CONNECTIONS}/${id}`)).status).toBe(404);
     expect((await ctx.request(`${CONNECTIONS}/${id}/schema`)).status).toBe(404);
     expect((await ctx.request(`${CONNECTIONS}/${id}`, { method: 'DELETE' })).status).toBe(404);
-    const listed = await json(await ctx.request(`${CONNECTIONS}/${id}/operations`));
-    expect(listed.value.map((seen: { id: string }) => seen.id).sort()).toEqual([operation.id, schemaPath.split('/').pop()].sort());
-    const connections = await json(await ctx.request(`${CONNECTIONS}?$count=true`));
-    expect(connections.value.map((seen: { id: string }) => seen.id)).not.toContain(id);
+    const listed = await json<ListBody>(await ctx.request(`${CONNECTIONS}/${id}/operations`));
+    expect(ids(listed).sort()).toEqual([operation.id, schemaPath.split('/').pop()].sort());
+    const connections = await json<ListBody>(await ctx.request(`${CONNECTIONS}?$count=true`));
+    expect(ids(connections)).not.toContain(id);
     expect(connections['@odata.count']).toBe(connections.value.length);
     // The id is free again.
     expect((await ctx.post(CONNECTIONS, { id, name: 'again' })).status).toBe(201);
@@ -336,7 +355,7 @@ describe('deleting a connection', () => {
     await pollUntil(() => calls.some((seen) => seen.connectionId === id && seen.kind === 'schema'), { timeoutMs: 10_000, what: 'the schema never reached the processor' });
     const deletePath = operationPath(await ctx.request(`${CONNECTIONS}/${id}`, { method: 'DELETE' }));
     // Failed in the same step as the delete was accepted, before any worker acts.
-    const schemaOperation = await json(await ctx.request(schemaPath));
+    const schemaOperation = await json<OperationBody>(await ctx.request(schemaPath));
     expect(schemaOperation.status).toBe('failed');
     expect(schemaOperation.error).toMatchObject({ errorCode: 'operationCanceled', message: 'The connection was deleted while this schema was provisioning.' });
     const held = calls.find((seen) => seen.connectionId === id && seen.kind === 'schema')!;
@@ -345,7 +364,7 @@ describe('deleting a connection', () => {
     expect((await ended(deletePath)).status).toBe('completed');
     expect((await ctx.request(`${CONNECTIONS}/${id}`)).status).toBe(404);
     // The canceled schema operation stays as it was: the processor's later failure is not recorded.
-    expect((await json(await ctx.request(schemaPath))).error.errorCode).toBe('operationCanceled');
+    expect((await json<OperationBody>(await ctx.request(schemaPath))).error?.errorCode).toBe('operationCanceled');
   });
 
   it('answers a second delete while one is inprogress with the same operation, and refuses a schema meanwhile', async () => {
@@ -360,9 +379,19 @@ describe('deleting a connection', () => {
       expect((await json(await ctx.request(`${CONNECTIONS}/${id}`))).id).toBe(id);
       const refused = await patchSchema(id, SCHEMA);
       expect(refused.status).toBe(409);
-      expect((await json(refused)).error.message).toMatch(/is being deleted/);
+      expect((await json<ErrorBody>(refused)).error.message).toMatch(/is being deleted/);
     } finally {
       await ctx.queue.queues[0]!.resume();
     }
+  });
+});
+
+describe('the schema rules as documented', () => {
+  it('lists every rule of the table in the README, with its code and its sentence, in the order they are checked', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const { SCHEMA_RULES } = await import('../src/shared/connection-schema.js');
+    const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8');
+    const rows = [...readme.matchAll(/^\| `(\w+)` \| (.+) \|$/gm)].map(([, code, rule]) => ({ code, rule }));
+    expect(rows).toEqual(SCHEMA_RULES.map(({ code, rule }) => ({ code, rule })));
   });
 });

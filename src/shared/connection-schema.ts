@@ -268,7 +268,7 @@ const SHAPE_RULES: SchemaRule<unknown>[] = [
       for (const { property, index } of propertyObjects(body)) {
         if (!('aliases' in property)) continue;
         const { aliases } = property;
-        const bad = Array.isArray(aliases) ? aliases.find((alias) => typeof alias !== 'string' || !NAME.test(alias)) : aliases;
+        const bad: unknown = Array.isArray(aliases) ? aliases.find((alias) => typeof alias !== 'string' || !NAME.test(alias)) : aliases;
         if (!Array.isArray(aliases) || bad !== undefined) {
           yield {
             target: target(property, index),
@@ -285,7 +285,7 @@ const SHAPE_RULES: SchemaRule<unknown>[] = [
       for (const { property, index } of propertyObjects(body)) {
         if (!('labels' in property)) continue;
         const { labels } = property;
-        const bad = Array.isArray(labels) ? labels.find((label) => typeof label !== 'string' || !Object.hasOwn(LABEL_TYPES, label)) : labels;
+        const bad: unknown = Array.isArray(labels) ? labels.find((label) => typeof label !== 'string' || !Object.hasOwn(LABEL_TYPES, label)) : labels;
         if (!Array.isArray(labels) || bad !== undefined) {
           yield {
             target: target(property, index),

@@ -83,7 +83,7 @@ export class ConnectionStore {
       const want = top + 1 - connections.length;
       const ids = await this.redis.zrangebylex(this.keys.tenantConnections(tenantId), from, '+', 'LIMIT', 0, want);
       const found = await Promise.all(ids.map((connectionId) => this.get({ tenantId, connectionId })));
-      await Promise.all(ids.map((connectionId, i) => (found[i] ? undefined : this.unlist({ tenantId, connectionId }))));
+      await Promise.all(ids.filter((_, i) => !found[i]).map((connectionId) => this.unlist({ tenantId, connectionId })));
       for (const connection of found) if (connection) connections.push(connection);
       if (connections.length > top) {
         connections.length = top;
