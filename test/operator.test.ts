@@ -28,7 +28,7 @@ describe('GET /openapi.json', () => {
       .map((route) => {
         const path = route.path
           .replace(/^\/(v1\.0|beta)(?=\/)/, '')
-          .replace(/^\/connections\//, '/external/connections/')
+          .replace(/^\/connections(?=\/|$)/, '/external/connections')
           .replace(/:(\w+)/g, '{$1}')
           .replace(/%24ref$/, '$ref')
           // The $ref creates are routed through a {ref} parameter (operation-routes.ts says why).

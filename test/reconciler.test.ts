@@ -82,7 +82,7 @@ describe('Reconciler.sweep', () => {
     const rules = { leaseMs: 1, attempts: 2, exhausted: { errorCode: 'processingInterrupted', message: 'spent', details: [] } };
     // Two attempts claimed, and each holder died before reporting.
     for (const holder of ['h1', 'h2']) {
-      expect(await store.claim(ref('poison'), '', [{ operationId: 'poison', holder }], rules)).toEqual([{ kind: 'claimed', attempt: Number(holder[1]) }]);
+      expect(await store.claim(ref('poison'), '', [{ operationId: 'poison', holder }], rules)).toEqual([{ kind: 'claimed', attempt: Number(holder[1]), task: { kind: 'operation' } }]);
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
     // What BullMQ does when the job's worker died more often than maxStalledCount allows.

@@ -125,10 +125,10 @@ describe('OperationStore.claim', () => {
 
   it('gives an attempt to one holder at a time and counts attempts on the operation', async () => {
     await store.create(ref('x'));
-    expect(await claim('x', 'h1')).toEqual({ kind: 'claimed', attempt: 1 });
+    expect(await claim('x', 'h1')).toEqual({ kind: 'claimed', attempt: 1, task: { kind: 'operation' } });
     expect(await claim('x', 'h2')).toMatchObject({ kind: 'busy' });
     expect(await store.finishMany(connection, [{ operationId: 'x', holder: 'h1', status: 'retry' }])).toEqual(['finished']);
-    expect(await claim('x', 'h2')).toEqual({ kind: 'claimed', attempt: 2 });
+    expect(await claim('x', 'h2')).toEqual({ kind: 'claimed', attempt: 2, task: { kind: 'operation' } });
     expect(await store.finishMany(connection, [{ operationId: 'x', holder: 'h2', status: 'completed' }])).toEqual(['finished']);
     expect(await claim('x', 'h3')).toEqual({ kind: 'terminal' });
     expect(await claim('ghost', 'h3')).toEqual({ kind: 'missing' });
@@ -140,15 +140,15 @@ describe('OperationStore.claim', () => {
       const results = await Promise.all(
         Array.from({ length: 50 }, (_, i) => stores[i % 5]!.claim(connection, '', [{ operationId: 'race', holder: `h${i}` }], rules())),
       );
-      expect(results.flat().filter((result) => result.kind === 'claimed')).toEqual([{ kind: 'claimed', attempt: 1 }]);
+      expect(results.flat().filter((result) => result.kind === 'claimed')).toEqual([{ kind: 'claimed', attempt: 1, task: { kind: 'operation' } }]);
     });
   });
 
   it('lets another holder take over an expired lease, and refuses the first holder\'s outcome (fencing)', async () => {
     await store.create(ref('x'));
-    expect(await claim('x', 'slow', { leaseMs: 50 })).toEqual({ kind: 'claimed', attempt: 1 });
+    expect(await claim('x', 'slow', { leaseMs: 50 })).toEqual({ kind: 'claimed', attempt: 1, task: { kind: 'operation' } });
     await sleep(80);
-    expect(await claim('x', 'next', { leaseMs: 50 })).toEqual({ kind: 'claimed', attempt: 2 });
+    expect(await claim('x', 'next', { leaseMs: 50 })).toEqual({ kind: 'claimed', attempt: 2, task: { kind: 'operation' } });
     expect(await store.finishMany(connection, [{ operationId: 'x', holder: 'slow', status: 'completed' }])).toEqual(['superseded']);
     expect(await store.renewLeases(connection, [{ operationId: 'x', holder: 'slow' }, { operationId: 'x', holder: 'next' }], 50)).toEqual([false, true]);
     expect(await store.finishMany(connection, [{ operationId: 'x', holder: 'next', status: 'completed' }])).toEqual(['finished']);
@@ -156,7 +156,7 @@ describe('OperationStore.claim', () => {
 
   it('fails an operation whose attempts are spent without an outcome, at its next claim', async () => {
     await store.create(ref('x'));
-    expect(await claim('x', 'h1', { leaseMs: 20, attempts: 1 })).toEqual({ kind: 'claimed', attempt: 1 });
+    expect(await claim('x', 'h1', { leaseMs: 20, attempts: 1 })).toEqual({ kind: 'claimed', attempt: 1, task: { kind: 'operation' } });
     await sleep(40); // its holder died
     expect(await claim('x', 'h2', { leaseMs: 20, attempts: 1 })).toEqual({ kind: 'exhausted', attempts: 1 });
     expect(await store.get(ref('x'))).toMatchObject({ status: 'failed', error: { errorCode: 'processingInterrupted', message: 'attempts spent' } });
@@ -167,35 +167,35 @@ describe('OperationStore.claim', () => {
   it('lets only the job that carries an operation claim it, and gives an interrupted attempt back', async () => {
     await store.createMany(connection, ['x'], 'batch~1');
     expect(await claim('x', 'own')).toEqual({ kind: 'elsewhere' });
-    expect(await claim('x', 'b', { jobId: 'batch~1' })).toEqual({ kind: 'claimed', attempt: 1 });
+    expect(await claim('x', 'b', { jobId: 'batch~1' })).toEqual({ kind: 'claimed', attempt: 1, task: { kind: 'operation' } });
     expect(await store.finishMany(connection, [{ operationId: 'x', holder: 'b', status: 'interrupted' }])).toEqual(['finished']);
-    expect(await claim('x', 'b2', { jobId: 'batch~1' })).toEqual({ kind: 'claimed', attempt: 1 });
+    expect(await claim('x', 'b2', { jobId: 'batch~1' })).toEqual({ kind: 'claimed', attempt: 1, task: { kind: 'operation' } });
     // A retry leaves the batch: the next attempt is the operation's own job's.
     expect(await store.finishMany(connection, [{ operationId: 'x', holder: 'b2', status: 'retry' }])).toEqual(['finished']);
     expect(await claim('x', 'b3', { jobId: 'batch~1' })).toEqual({ kind: 'elsewhere' });
-    expect(await claim('x', 'own')).toEqual({ kind: 'claimed', attempt: 2 });
+    expect(await claim('x', 'own')).toEqual({ kind: 'claimed', attempt: 2, task: { kind: 'operation' } });
   });
 
   it('answers a resent claim or release as the first (ioredis resends a command whose reply was lost)', async () => {
     await store.create(ref('x'));
-    expect(await claim('x', 'h1')).toEqual({ kind: 'claimed', attempt: 1 });
-    expect(await claim('x', 'h1')).toEqual({ kind: 'claimed', attempt: 1 });
+    expect(await claim('x', 'h1')).toEqual({ kind: 'claimed', attempt: 1, task: { kind: 'operation' } });
+    expect(await claim('x', 'h1')).toEqual({ kind: 'claimed', attempt: 1, task: { kind: 'operation' } });
     const interrupted = [{ operationId: 'x', holder: 'h1', status: 'interrupted' as const }];
     expect(await store.finishMany(connection, interrupted)).toEqual(['finished']);
     expect(await store.finishMany(connection, interrupted)).toEqual(['finished']);
     // Given back once, not twice: the next claim is attempt 1 again.
-    expect(await claim('x', 'h2')).toEqual({ kind: 'claimed', attempt: 1 });
+    expect(await claim('x', 'h2')).toEqual({ kind: 'claimed', attempt: 1, task: { kind: 'operation' } });
     const retry = [{ operationId: 'x', holder: 'h2', status: 'retry' as const }];
     expect(await store.finishMany(connection, retry)).toEqual(['finished']);
     expect(await store.finishMany(connection, retry)).toEqual(['finished']);
-    expect(await claim('x', 'h3')).toEqual({ kind: 'claimed', attempt: 2 });
+    expect(await claim('x', 'h3')).toEqual({ kind: 'claimed', attempt: 2, task: { kind: 'operation' } });
   });
 
   it('hands an operation to its own job only from the batch that carries it', async () => {
     await store.createMany(connection, ['x'], 'batch~1');
     expect(await store.handToOwnJob(ref('x'), 'batch~other')).toBe(false);
     expect(await store.handToOwnJob(ref('x'), 'batch~1')).toBe(true);
-    expect(await claim('x', 'own')).toEqual({ kind: 'claimed', attempt: 1 });
+    expect(await claim('x', 'own')).toEqual({ kind: 'claimed', attempt: 1, task: { kind: 'operation' } });
   });
 
   it('keeps only the resource fields on a terminal record', async () => {

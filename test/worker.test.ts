@@ -101,6 +101,7 @@ describe('the HTTP processor', () => {
     expect(await terminal('ok-1')).toMatchObject({ status: 'completed', error: null });
     const [request] = endpoint.requests;
     expect(request?.body).toEqual({
+      kind: 'operation',
       tenantId: TENANT,
       connectionId: 'conn1',
       operation: { id: 'ok-1', status: 'inprogress', error: null },
