@@ -1,4 +1,5 @@
 import './load-env-file.js'; // first: reads .env before any other module runs
+import './start-tracing.js'; // second: traces, when OTEL_* asks for them, before the service loads
 import { startApi } from './api/server.js';
 import { runProcess } from './shared/lifecycle.js';
 import { Metrics } from './shared/metrics.js';

@@ -1,4 +1,5 @@
 import type { HttpBindings } from '@hono/node-server';
+import { httpInstrumentationMiddleware } from '@hono/otel';
 import { Hono, type MiddlewareHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import { ADMIN_BASE_PATH } from './admin.js';
@@ -13,6 +14,7 @@ import { openApiRoutes } from './openapi.js';
 import { OPERATION_ROUTES } from './operation-routes.js';
 import { operationRoutes } from './operations.js';
 import { operatorRoutes } from './operator-routes.js';
+import { tracingOn } from '../shared/tracing.js';
 
 /** The Graph routes (connections and their operations) are served at the root and under these,
  *  so a Graph SDK pointed at `http://host:port/v1.0` works unchanged. */
@@ -24,6 +26,10 @@ const GRAPH_BASES = VERSION_PREFIXES.flatMap((version) => PATH_FAMILIES.map((fam
 export function createApp(deps: AppDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
 
+  // With tracing on, each request is a server span (continuing a W3C traceparent it carries),
+  // outermost so that the request's log line names it. No header is recorded: not
+  // Authorization, nor any other.
+  if (tracingOn()) app.use(httpInstrumentationMiddleware({ captureRequestHeaders: [], captureResponseHeaders: [], captureActiveRequests: false }));
   app.use(observeRequests(deps.log, deps.metrics));
   app.route('/', operatorRoutes(deps));
   app.route('/', openApiRoutes());

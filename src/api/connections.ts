@@ -19,6 +19,7 @@ import { encodeConnectionSkipToken, nextLink } from './list-query.js';
 import { emptyAnswer, jsonResponse } from './respond.js';
 import type { ConnectionResource } from './schemas.js';
 import { publicBaseUrl } from './urls.js';
+import { annotateActiveSpan, operationAttributes } from '../shared/tracing.js';
 import { answerValidationFailure } from './validation.js';
 
 /** Polling hint for a schema or delete operation, in seconds: they take longer than most. */
@@ -38,6 +39,7 @@ export function connectionRoutes({ connections, queue, config, log }: AppDeps): 
   /** The job that carries a schema or delete operation. If it cannot be added, the operation
    *  is stored and inprogress all the same: the reconciler enqueues it, so the 202 holds. */
   const enqueue = async (ref: OperationRef) => {
+    annotateActiveSpan(operationAttributes(ref));
     try {
       await queue.enqueue(ref);
     } catch (error) {

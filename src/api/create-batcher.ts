@@ -3,6 +3,7 @@ import type { Operation, OperationRef } from '../shared/operation.js';
 import { groupByConnection } from '../shared/keys.js';
 import { newBatchJobId, type OperationQueue } from '../shared/queue.js';
 import { inprogressOperation, type CreateResult, type OperationStore } from '../shared/store.js';
+import { activeTraceparent, inBatchSpan, tracingOn } from '../shared/tracing.js';
 
 export interface OperationCreator {
   /** Stores the operation (or finds its id taken) and makes sure a job will carry it. Throws
@@ -12,6 +13,8 @@ export interface OperationCreator {
 
 interface Pending {
   ref: OperationRef;
+  /** The create's trace context, when tracing is on: kept with the operation. */
+  traceparent: string | undefined;
   resolve: (value: { result: CreateResult; operation: Operation }) => void;
   reject: (error: unknown) => void;
 }
@@ -60,7 +63,7 @@ export class CreateBatcher implements OperationCreator {
 
   create(ref: OperationRef): Promise<{ result: CreateResult; operation: Operation }> {
     return new Promise((resolve, reject) => {
-      this.pending.push({ ref, resolve, reject });
+      this.pending.push({ ref, traceparent: activeTraceparent(), resolve, reject });
       if (this.pending.length >= MAX_BATCH) {
         this.send(this.pending.splice(0, MAX_BATCH));
       } else if (!this.tickEndScheduled && !this.waitTimer) {
@@ -86,7 +89,12 @@ export class CreateBatcher implements OperationCreator {
 
   private send(batch: Pending[]): void {
     this.commitsInFlight++;
-    void this.commit(batch).finally(() => {
+    // The commit is the batch's, not the request's that happened to start it: with tracing on it
+    // is a trace of its own that links to the creates' traces (which each operation continues).
+    const committed = tracingOn()
+      ? inBatchSpan('commit batch', batch.map((entry) => entry.traceparent), { 'graph.batch.operations': batch.length }, () => this.commit(batch))
+      : this.commit(batch);
+    void committed.finally(() => {
       this.commitsInFlight--;
       // The partial batch that waited for the commits in flight goes when the last one ends.
       if (this.waitTimer && this.commitsInFlight === 0) this.sendPartial();
@@ -107,6 +115,7 @@ export class CreateBatcher implements OperationCreator {
             entries[0]!.ref,
             entries.map((entry) => entry.ref.operationId),
             jobId,
+            tracingOn() ? entries.map((entry) => entry.traceparent) : undefined,
           );
           entries.forEach((entry, i) => {
             if (results[i] === 'created') created.push({ entry, createdAt });

@@ -18,6 +18,7 @@ import { preferredWaitSeconds } from './prefer.js';
 import { answer, jsonResponse } from './respond.js';
 import type { OperationResource } from './schemas.js';
 import { publicBaseUrl } from './urls.js';
+import { annotateActiveSpan, operationAttributes } from '../shared/tracing.js';
 import { answerValidationFailure } from './validation.js';
 
 /** Polling hint on an inprogress operation, in seconds (a Retry-After value). */
@@ -46,6 +47,7 @@ export function operationRoutes({ store, creates, watch, config, log, metrics }:
 
   const create = async (c: Context<AppEnv>, connectionId: string, id: string | undefined) => {
     const ref = { tenantId: c.get('principal').tenantId, connectionId, operationId: id ?? randomUUID() };
+    annotateActiveSpan(operationAttributes(ref));
     const { result, operation } = await unlessRedisFails(() => creates.create(ref));
     if (result === 'exists') {
       throw new GraphError(409, 'conflict', `An operation with id '${ref.operationId}' already exists in connection '${connectionId}'.`);

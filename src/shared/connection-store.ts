@@ -6,6 +6,7 @@ import type { ErrorDetail, Operation } from './operation.js';
 import type { RedisClient } from './redis.js';
 import { scripts } from './scripts.js';
 import { errorJson, inprogressOperation, type OperationStore } from './store.js';
+import { activeTraceparent } from './tracing.js';
 
 /**
  * The connection store: the only module that reads or writes externalConnection records, and
@@ -109,7 +110,8 @@ export class ConnectionStore {
 
   /** Stores the schema and creates the operation that provisions it, unless the connection is
    *  missing, already provisioning or deleting, or had another schema submitted since
-   *  `provisioned` was read (`latestOperationId`). The caller enqueues the operation. */
+   *  `provisioned` was read (`latestOperationId`). The caller enqueues the operation, whose
+   *  processing continues the caller's trace (when tracing is on). */
   async submitSchema(ref: ConnectionRef, schema: ConnectionSchema, latestOperationId: string): Promise<SubmitResult> {
     const operationId = randomUUID();
     const now = this.now();
@@ -117,7 +119,7 @@ export class ConnectionStore {
     const [result, inprogressId] = (await scripts.submitSchema.run(
       this.redis,
       [this.keys.connection(ref), this.keys.index(ref), this.keys.statusIndex(ref, 'inprogress')],
-      [now, this.keys.operationPrefix(ref), this.operations.indexTtlMs, operationId, JSON.stringify(schema), latestOperationId],
+      [now, this.keys.operationPrefix(ref), this.operations.indexTtlMs, operationId, JSON.stringify(schema), latestOperationId, activeTraceparent() ?? ''],
     )) as [string, string?];
     if (result === 'accepted') return { result, operation: inprogressOperation(operationId, now) };
     if (result === 'missing') return { result };
@@ -128,7 +130,8 @@ export class ConnectionStore {
   /**
    * Creates the operation that deletes the connection; a schema operation still inprogress is
    * failed with `canceled` (the delete wins). The record stays until the delete operation
-   * completes. The caller enqueues the operation.
+   * completes. The caller enqueues the operation, whose processing continues the caller's trace
+   * (when tracing is on).
    */
   async delete(ref: ConnectionRef, canceled: ErrorDetail): Promise<DeleteResult> {
     const operationId = randomUUID();
@@ -139,6 +142,7 @@ export class ConnectionStore {
       operationId,
       errorJson(canceled),
       this.keys.cancelsPrefix(),
+      activeTraceparent() ?? '',
     ])) as [string, string?];
     if (result === 'missing') return { result };
     if (result === 'deleting') return { result, operationId: id! };

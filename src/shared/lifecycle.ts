@@ -1,5 +1,6 @@
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { createLogger, flushLogger, type Logger } from './logger.js';
+import { stopTracing } from './tracing.js';
 
 export interface Service {
   /** Stops taking work, lets in-flight work finish (within SHUTDOWN_TIMEOUT_MS), closes connections. */
@@ -58,6 +59,8 @@ export async function runProcess(name: string, start: (config: Config, log: Logg
     }, config.SHUTDOWN_TIMEOUT_MS + 5000);
     deadline.unref();
     await Promise.allSettled(services.map((service) => service.close()));
+    // The spans of the last operations are still buffered: export them before exiting.
+    await stopTracing().catch((error: unknown) => log.warn({ err: error }, 'could not export the last spans'));
     log.info('stopped');
     flushLogger(log);
     process.exit(0);

@@ -1,5 +1,6 @@
 import { pino, type Logger } from 'pino';
 import type { Config } from './config.js';
+import { traceLogFields, tracingOn } from './tracing.js';
 
 export type { Logger };
 
@@ -25,7 +26,13 @@ const FLUSH_INTERVAL_MS = 200;
  * pino-pretty dev dependency.
  */
 export function createLogger(config: Pick<Config, 'LOG_LEVEL' | 'LOG_FORMAT'>, name: string): Logger {
-  const options = { name, level: config.LOG_LEVEL, redact: { paths: REDACT, censor: '[redacted]' } };
+  const options = {
+    name,
+    level: config.LOG_LEVEL,
+    redact: { paths: REDACT, censor: '[redacted]' },
+    // With tracing on, a line written inside a span names it (trace_id, span_id).
+    ...(tracingOn() ? { mixin: traceLogFields } : {}),
+  };
   if (config.LOG_FORMAT === 'pretty') {
     return pino({ ...options, transport: { target: 'pino-pretty', options: { colorize: true } } });
   }

@@ -3,6 +3,7 @@ import { Queue, type JobType, type JobsOptions } from 'bullmq';
 import type { Logger } from 'pino';
 import type { OperationRef } from './operation.js';
 import type { RedisClient } from './redis.js';
+import { bullmqTelemetry } from './tracing.js';
 
 /**
  * The job catalog: the operation queue (optionally sharded), its job name, data and options.
@@ -108,7 +109,7 @@ export class OperationQueue {
     shards = 1,
   ) {
     this.queues = Array.from({ length: shards }, (_, shard) => {
-      const queue = new Queue<JobData>(queueName(shard, shards), { connection, prefix });
+      const queue = new Queue<JobData>(queueName(shard, shards), { connection, prefix, ...bullmqTelemetry() });
       queue.on('error', (error) => log.warn({ err: error }, 'queue connection error'));
       return queue;
     });

@@ -60,14 +60,17 @@ end
  * creates of a batch together, api/create-batcher.ts).
  * KEYS[1] index, KEYS[2] inprogress status index
  * ARGV[1] now ms, ARGV[2] operation key prefix, ARGV[3] index ttl ms, ARGV[4] id of the job that
- * will carry these operations ('' when it is each operation's own), ARGV[5..] operation ids
+ * will carry these operations ('' when it is each operation's own), ARGV[5] 'traced' when each
+ * id is followed by the traceparent of its create ('' when tracing is off), ARGV[6..] operation
+ * ids (and traceparents)
  * Returns one number per id: 1 when created, 0 when the id is taken (also by an earlier id of
  * this same call).
  */
 const CREATE = `${PRUNE_OLDEST}${MANY}
 local now, op_prefix = ARGV[1], ARGV[2]
+local step = ARGV[5] == 'traced' and 2 or 1
 local created, scored = {}, {}
-for i = 5, #ARGV do
+for i = 6, #ARGV, step do
   local id = ARGV[i]
   local key = op_prefix .. id
   if redis.call('EXISTS', key) == 1 then
@@ -78,6 +81,7 @@ for i = 5, #ARGV do
     else
       redis.call('HSET', key, 's', 'inprogress', 'c', now, 'u', now)
     end
+    if step == 2 and ARGV[i + 1] ~= '' then redis.call('HSET', key, 'tp', ARGV[i + 1]) end
     scored[#scored + 1] = now
     scored[#scored + 1] = id
     created[#created + 1] = 1
@@ -190,24 +194,25 @@ end
  *   {'busy', ms}           another holder's lease is live for ms more
  *   {'exhausted', n}       its n attempts are spent without an outcome (the last holder died or
  *                          lost its lease): this call recorded it failed
- * A claimed schema or delete operation is {'claimed', attempt, kind, schema JSON or ''}: the
- * processor is told what to do, and a schema operation provisions the connection's schema.
+ * A claimed schema or delete operation, or one created with tracing on, is {'claimed', attempt,
+ * kind or '', schema JSON or '', traceparent or ''}: the processor is told what to do (a schema
+ * operation provisions the connection's schema), and the attempt continues its create's trace.
  * The record's fields: a = attempts claimed, h = holder token, l = lease expiry (Redis ms),
- * j = the batch job carrying it (absent: its own job), k = its kind.
+ * j = the batch job carrying it (absent: its own job), k = its kind, tp = its create's trace.
  */
 const CLAIM = `${TERMINAL}${REDIS_MS}
 local lease, allowed, exhausted_json, job = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local now_ms = redis_ms()
 local out = {}
-local function claimed(attempt, kind)
-  if not kind then return { 'claimed', attempt } end
+local function claimed(attempt, kind, traceparent)
+  if not kind and not traceparent then return { 'claimed', attempt } end
   local schema = kind == 'schema' and redis.call('HGET', KEYS[6], 'sc') or ''
-  return { 'claimed', attempt, kind, schema or '' }
+  return { 'claimed', attempt, kind or '', schema or '', traceparent or '' }
 end
 for i = 9, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local key = ARGV[3] .. id
-  local r = redis.call('HMGET', key, 's', 'j', 'h', 'l', 'a', 'c', 'k')
+  local r = redis.call('HMGET', key, 's', 'j', 'h', 'l', 'a', 'c', 'k', 'tp')
   if not r[1] then
     out[#out + 1] = { 'missing', 0 }
   elseif r[1] ~= 'inprogress' then
@@ -216,7 +221,7 @@ for i = 9, #ARGV, 2 do
     out[#out + 1] = { 'elsewhere', 0 }
   elseif r[3] == token then
     -- The same claim again (the client resent it after a lost reply): the same attempt.
-    out[#out + 1] = claimed(tonumber(r[5]), r[7])
+    out[#out + 1] = claimed(tonumber(r[5]), r[7], r[8])
   elseif r[3] and (tonumber(r[4]) or 0) > now_ms then
     out[#out + 1] = { 'busy', tonumber(r[4]) - now_ms }
   else
@@ -226,7 +231,7 @@ for i = 9, #ARGV, 2 do
       out[#out + 1] = { 'exhausted', spent }
     else
       redis.call('HSET', key, 'a', spent + 1, 'h', token, 'l', now_ms + lease)
-      out[#out + 1] = claimed(spent + 1, r[7])
+      out[#out + 1] = claimed(spent + 1, r[7], r[8])
     end
   end
 end
@@ -309,8 +314,9 @@ return { 'canceled', 'failed', ARGV[6], r[3] or ARGV[1], ARGV[1] }
 
 /** Adds an inprogress operation of a connection's schema or delete, carried by its own job. */
 const ADD_OPERATION = `
-local function add_operation(index, inprogress, op_prefix, id, now, kind)
+local function add_operation(index, inprogress, op_prefix, id, now, kind, traceparent)
   redis.call('HSET', op_prefix .. id, 's', 'inprogress', 'c', now, 'u', now, 'k', kind)
+  if traceparent ~= '' then redis.call('HSET', op_prefix .. id, 'tp', traceparent) end
   redis.call('ZADD', index, now, id)
   redis.call('ZADD', inprogress, now, id)
   prune_oldest(index, op_prefix, 2)
@@ -341,7 +347,8 @@ return 1
  * KEYS[1] the connection record, KEYS[2] index, KEYS[3] inprogress status index
  * ARGV[1] now ms, ARGV[2] operation key prefix, ARGV[3] index ttl ms, ARGV[4] the new
  * operation's id, ARGV[5] the schema JSON, ARGV[6] the id of the latest schema operation when the
- * caller read the provisioned schema it validated the new one against ('' for none)
+ * caller read the provisioned schema it validated the new one against ('' for none), ARGV[7]
+ * the traceparent of the request ('' when tracing is off)
  * Returns {'accepted'}, {'missing'}, {'deleting' | 'provisioning', id of that operation}, or
  * {'changed'}: another schema was submitted since that read (validate again).
  */
@@ -353,7 +360,7 @@ if deleting then return { 'deleting', deleting } end
 local provisioning = live(ARGV[2], connection[2])
 if provisioning then return { 'provisioning', provisioning } end
 if (connection[2] or '') ~= ARGV[6] then return { 'changed' } end
-add_operation(KEYS[2], KEYS[3], ARGV[2], ARGV[4], ARGV[1], 'schema')
+add_operation(KEYS[2], KEYS[3], ARGV[2], ARGV[4], ARGV[1], 'schema', ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[1], 'sc', ARGV[5], 'so', ARGV[4])
 return { 'accepted' }
@@ -366,7 +373,8 @@ return { 'accepted' }
  * until the delete operation completes (TERMINAL). A second delete while one is inprogress
  * creates nothing and names the first.
  * KEYS and ARGV[1..4] as TERMINAL; ARGV[5] the new operation's id, ARGV[6] the errorDetail JSON
- * of a canceled schema operation, ARGV[7] prefix of the workers' cancel channels.
+ * of a canceled schema operation, ARGV[7] prefix of the workers' cancel channels, ARGV[8] the
+ * traceparent of the request ('' when tracing is off).
  * Returns {'accepted', id of the schema operation canceled or ''}, {'missing'}, or
  * {'deleting', id of the delete operation inprogress}.
  */
@@ -375,7 +383,7 @@ local connection = redis.call('HMGET', KEYS[6], 'st', 'so', 'd')
 if not connection[1] then return { 'missing' } end
 local deleting = live(ARGV[3], connection[3])
 if deleting then return { 'deleting', deleting } end
-add_operation(KEYS[4], KEYS[1], ARGV[3], ARGV[5], ARGV[1], 'deleteConnection')
+add_operation(KEYS[4], KEYS[1], ARGV[3], ARGV[5], ARGV[1], 'deleteConnection', ARGV[8])
 redis.call('HSET', KEYS[6], 'd', ARGV[5])
 local provisioning = live(ARGV[3], connection[2])
 if provisioning then

@@ -54,7 +54,7 @@ export interface ClaimRequest {
   holder: string;
 }
 export type ClaimResult =
-  | { kind: 'claimed'; attempt: number; task: OperationTask }
+  | { kind: 'claimed'; attempt: number; task: OperationTask; traceparent?: string }
   | { kind: 'terminal' | 'missing' | 'elsewhere' }
   | { kind: 'busy'; leaseLeftMs: number }
   | { kind: 'exhausted'; attempts: number };
@@ -108,19 +108,22 @@ export class OperationStore {
    * Creates several operations of one connection in one atomic script, in order: an id taken
    * before, or earlier in the same list, is `exists`. `batchJobId` names the batch job that will
    * carry them ('' when each will have its own job), so the reconciler can tell whether that job
-   * still lives.
+   * still lives. `traceparents`, when tracing is on, are the creates' trace contexts (one per
+   * id), kept with the operations so that their processing continues each create's trace.
    */
   async createMany(
     connection: ConnectionRef,
     operationIds: string[],
     batchJobId = '',
+    traceparents?: (string | undefined)[],
   ): Promise<{ results: CreateResult[]; createdAt: number }> {
     const now = this.now();
     await this.register(connection, now);
+    const ids = traceparents ? operationIds.flatMap((id, i) => [id, traceparents[i] ?? '']) : operationIds;
     const reply = (await scripts.create.run(
       this.redis,
       [this.keys.index(connection), this.keys.statusIndex(connection, 'inprogress')],
-      [now, this.keys.operationPrefix(connection), this.indexTtlMs, batchJobId, ...operationIds],
+      [now, this.keys.operationPrefix(connection), this.indexTtlMs, batchJobId, traceparents ? 'traced' : '', ...ids],
     )) as number[];
     return { results: reply.map((created) => (created === 1 ? 'created' : 'exists')), createdAt: now };
   }
@@ -186,9 +189,10 @@ export class OperationStore {
       number,
       string?,
       string?,
+      string?,
     ][];
-    return reply.map(([kind, n, task, schemaJson = '']): ClaimResult => {
-      if (kind === 'claimed') return { kind, attempt: n, task: taskOf(task, schemaJson) };
+    return reply.map(([kind, n, task, schemaJson = '', traceparent]): ClaimResult => {
+      if (kind === 'claimed') return { kind, attempt: n, task: taskOf(task, schemaJson), ...(traceparent ? { traceparent } : {}) };
       if (kind === 'busy') return { kind, leaseLeftMs: n };
       if (kind === 'exhausted') return { kind, attempts: n };
       return { kind: kind as 'terminal' | 'missing' | 'elsewhere' };

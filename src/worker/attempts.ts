@@ -12,6 +12,8 @@ export interface HeldAttempt {
   holder: string;
   /** What the processor is to do (an operation of a connection's schema or deletion, or not). */
   task: OperationTask;
+  /** The trace context of the operation's create, when it was made with tracing on. */
+  traceparent?: string;
   readonly signal: AbortSignal;
   /** Why the attempt was aborted, if it was. */
   readonly abortReason: Error | undefined;
@@ -107,6 +109,7 @@ export class Attempts {
       attempt: held.attempt,
       holder,
       task: held.task,
+      ...(result.traceparent ? { traceparent: result.traceparent } : {}),
       get signal() {
         return held.signal;
       },

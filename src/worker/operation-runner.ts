@@ -6,7 +6,8 @@ import type { WorkerSeries } from '../shared/metrics.js';
 import type { ErrorDetail, OperationRef, TerminalStatus } from '../shared/operation.js';
 import type { OperationQueue } from '../shared/queue.js';
 import type { OperationStore } from '../shared/store.js';
-import { Attempts, type HeldAttempt } from './attempts.js';
+import { operationAttributes, startAttemptSpan } from '../shared/tracing.js';
+import { Attempts, type Claim, type HeldAttempt } from './attempts.js';
 import { OperationCanceled, exhaustedFailure, interruptedFailure, permanentFailureOf, type Processor } from './processor.js';
 import { Semaphore } from './semaphore.js';
 
@@ -113,9 +114,16 @@ export function createOperationRunner({ store, queue, processor, config, log, me
         await attempts.record(ref, claim.holder, { status: 'interrupted' });
         return undefined;
       }
+      // With tracing on, the attempt is a span of its operation's own trace, whatever job
+      // carries it; undefined (and free) when off.
+      const span = startAttemptSpan('process operation', claim.traceparent, {
+        ...operationAttributes(ref),
+        'graph.operation.kind': claim.task.kind,
+        'graph.operation.attempt': claim.attempt,
+      });
       const started = performance.now();
-      const outcome = await callProcessor(ref, claim);
-      return { claim, outcome, seconds: (performance.now() - started) / 1000 };
+      const outcome = span ? await span.within(() => callProcessor(ref, claim)) : await callProcessor(ref, claim);
+      return { claim, outcome, span, seconds: (performance.now() - started) / 1000 };
     });
     if (!ran) return 'interrupted';
     const { claim } = ran;
@@ -133,7 +141,18 @@ export function createOperationRunner({ store, queue, processor, config, log, me
       return 'done';
     }
 
-    const { outcome, seconds = 0 } = ran;
+    const { outcome, span, seconds = 0 } = ran;
+    if (!span) return settle(ref, claim, outcome, seconds);
+    try {
+      return await span.within(() => settle(ref, claim, outcome, seconds));
+    } finally {
+      span.end(outcomeAttributes(outcome), 'status' in outcome && outcome.status === 'failed');
+    }
+  }
+
+  /** Writes what the attempt decided (and logs it); how the operation leaves its job. */
+  async function settle(ref: OperationRef, claim: Claim & { kind: 'claimed' }, outcome: Outcome, seconds: number): Promise<Ended> {
+    const { operationId, connectionId } = ref;
     const { attempt, holder } = claim;
     const durationMs = Math.round(seconds * 1000);
     if ('canceled' in outcome) {
@@ -181,4 +200,12 @@ export function createOperationRunner({ store, queue, processor, config, log, me
     },
     stop: () => attempts.stop(),
   };
+}
+
+/** An attempt's outcome as span attributes. */
+function outcomeAttributes(outcome: Outcome): Record<string, string> {
+  if ('status' in outcome) return { 'graph.operation.outcome': outcome.status, ...(outcome.error ? { 'graph.operation.error_code': outcome.error.errorCode } : {}) };
+  if ('retry' in outcome) return { 'graph.operation.outcome': 'retry' };
+  if ('interrupted' in outcome) return { 'graph.operation.outcome': 'interrupted' };
+  return { 'graph.operation.outcome': 'canceled' };
 }

@@ -8,6 +8,7 @@ import { isBatch, queueName, type BatchJobData, type JobData, type OperationJobD
 import type { RedisClient } from '../shared/redis.js';
 import type { OperationStore } from '../shared/store.js';
 import type { Subscriber } from '../shared/subscriber.js';
+import { bullmqTelemetry } from '../shared/tracing.js';
 import { createOperationRunner } from './operation-runner.js';
 import type { Processor } from './processor.js';
 
@@ -145,6 +146,7 @@ export function createWorker(deps: WorkerDeps): OperationWorker {
       // the reconciler gives its operations their own jobs. Each redelivery claims attempts
       // again, so an operation that kills its worker ends failed when its attempts are spent.
       maxStalledCount: 2,
+      ...bullmqTelemetry(),
     });
     worker.on('error', (error) => log.warn({ err: error }, 'worker connection error'));
     return worker;

@@ -16,6 +16,8 @@ export interface ProcessorCall {
   /** The path segment of the URL the worker was given. */
   worker: string;
   attempt: number;
+  /** The W3C traceparent header the call carried (the worker traces, see shared/tracing.ts). */
+  traceparent: string | undefined;
   receivedAt: number;
   /** When the 200 was written; undefined while in flight. */
   answeredAt?: number;
@@ -58,6 +60,7 @@ export async function startProcessorServer(): Promise<ProcessorServer> {
       operationId: String(body.operation?.id),
       worker: url.pathname.slice(1),
       attempt: Number(body.attempt),
+      traceparent: typeof req.headers.traceparent === 'string' ? req.headers.traceparent : undefined,
       receivedAt: Date.now(),
     };
     calls.push(call);
