@@ -134,7 +134,7 @@ describe('the operation store on a three-master Redis Cluster', () => {
     const rules = { leaseMs: 60_000, attempts: 2, exhausted: { errorCode: 'processingInterrupted', message: 'spent', details: [] } };
     const claims = await store.claim(connection, '', [{ operationId: 'op-3', holder: 'h1' }, { operationId: 'op-4', holder: 'h2' }], rules);
     expect(claims).toEqual([{ kind: 'claimed', attempt: 1, task: { kind: 'operation' } }, { kind: 'claimed', attempt: 1, task: { kind: 'operation' } }]);
-    expect(await store.renewLeases(connection, [{ operationId: 'op-3', holder: 'h1' }, { operationId: 'op-4', holder: 'other' }], 60_000)).toEqual([true, false]);
+    expect(await store.renewLeases(connection, [{ operationId: 'op-3', holder: 'h1' }, { operationId: 'op-4', holder: 'other' }], 60_000)).toEqual(['renewed', 'lost']);
     expect(await store.finishMany(connection, [{ operationId: 'op-3', holder: 'h1', status: 'completed' }, { operationId: 'op-4', holder: 'h2', status: 'retry' }])).toEqual(['finished', 'finished']);
     expect(await store.handToOwnJob({ ...connection, operationId: 'op-4' }, 'batch~none')).toBe(false);
   });
