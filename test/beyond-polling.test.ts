@@ -394,4 +394,23 @@ describe('cancel reaches the attempt', () => {
     expect(claim.signal.aborted).toBe(true);
     expect(claim.abortReason).toBeInstanceOf(OperationCanceled);
   });
+
+  it("takes a lease renewal that finds its operation canceled as the cancel, when the cancel's message has not come", async () => {
+    // A renewal can run between the cancel's write and its message (seen on a loaded machine):
+    // the attempt must end as canceled, not as a lost lease whose processor error is retried.
+    const ref = await created();
+    const leaseMs = 200;
+    const attempts = new Attempts(ctx.store, { leaseMs, attempts: 3, exhausted: { errorCode: 'x', message: 'x', details: [] } }, silentLog);
+    try {
+      const claim = await attempts.claim(ref, (await ctx.store.batchJobOf(ref)) ?? '');
+      expect(claim.kind).toBe('claimed');
+      if (claim.kind !== 'claimed') return;
+      // These attempts hear no cancel channel: only the renewal can notice.
+      expect(await ctx.store.cancel(ref, { errorCode: 'operationCanceled', message: 'canceled', details: [] })).toMatchObject({ result: 'canceled' });
+      await pollUntil(() => claim.signal.aborted, { timeoutMs: 5 * leaseMs, what: 'the renewal to abort the attempt' });
+      expect(claim.abortReason).toBeInstanceOf(OperationCanceled);
+    } finally {
+      attempts.stop();
+    }
+  });
 });

@@ -1,6 +1,8 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/shared/config.js';
+import type { ConnectionSchema } from '../src/shared/connection-schema.js';
+import { ConnectionStore } from '../src/shared/connection-store.js';
 import type { ConnectionRef } from '../src/shared/keys.js';
 import { OperationQueue, queueName } from '../src/shared/queue.js';
 import { createRedis, waitUntilReady, warnUnlessNoEviction, type RedisClient } from '../src/shared/redis.js';
@@ -25,7 +27,8 @@ import { logMessage } from './support/log-messages.js';
 
 /**
  * The service on a real three-master Redis Cluster (REDIS_URL a comma-separated node list, so
- * createRedis builds an ioredis Cluster): the store's scripts stay in one slot per connection,
+ * createRedis builds an ioredis Cluster): the store's scripts stay in one slot per connection
+ * (the connection store's too, which write a connection's record with its operations),
  * connections and queue shards spread over the masters, and real API and worker processes
  * complete every operation even when a worker is SIGKILLed.
  */
@@ -131,7 +134,7 @@ describe('the operation store on a three-master Redis Cluster', () => {
     const rules = { leaseMs: 60_000, attempts: 2, exhausted: { errorCode: 'processingInterrupted', message: 'spent', details: [] } };
     const claims = await store.claim(connection, '', [{ operationId: 'op-3', holder: 'h1' }, { operationId: 'op-4', holder: 'h2' }], rules);
     expect(claims).toEqual([{ kind: 'claimed', attempt: 1, task: { kind: 'operation' } }, { kind: 'claimed', attempt: 1, task: { kind: 'operation' } }]);
-    expect(await store.renewLeases(connection, [{ operationId: 'op-3', holder: 'h1' }, { operationId: 'op-4', holder: 'other' }], 60_000)).toEqual([true, false]);
+    expect(await store.renewLeases(connection, [{ operationId: 'op-3', holder: 'h1' }, { operationId: 'op-4', holder: 'other' }], 60_000)).toEqual(['renewed', 'lost']);
     expect(await store.finishMany(connection, [{ operationId: 'op-3', holder: 'h1', status: 'completed' }, { operationId: 'op-4', holder: 'h2', status: 'retry' }])).toEqual(['finished', 'finished']);
     expect(await store.handToOwnJob({ ...connection, operationId: 'op-4' }, 'batch~none')).toBe(false);
   });
@@ -192,6 +195,131 @@ describe('the operation store on a three-master Redis Cluster', () => {
     console.log(`[cluster store] store keys per master for 31 connections: ${perNode.join(', ')}`);
     expect(perNode.every((count) => count > 0)).toBe(true);
     expect(perNode.reduce((sum, count) => sum + count, 0)).toBe(8 + connections.length * 3);
+  });
+});
+
+// ---- the connection store ----
+
+describe('the connection store on a three-master Redis Cluster', () => {
+  const SCHEMA: ConnectionSchema = {
+    baseType: 'microsoft.graph.externalItem',
+    properties: [
+      { name: 'ticketTitle', type: 'string', isSearchable: true, isRetrievable: true, labels: ['title'] },
+      { name: 'priority', type: 'string', isQueryable: true, isRetrievable: true, isRefinable: true },
+    ],
+  };
+  const CANCELED = { errorCode: 'operationCanceled', message: 'The connection was deleted while this schema was provisioning.', details: [] };
+  const RULES = { leaseMs: 60_000, attempts: 3, exhausted: { errorCode: 'processingInterrupted', message: 'spent', details: [] } };
+
+  it("creates, provisions (claim and finish make it ready), lists and deletes connections, each connection's record and operations in one slot", async () => {
+    const prefix = uniquePrefix();
+    const store = storeFor(prefix);
+    const connections = new ConnectionStore(redis, store);
+    const ids = ['clusterconna', 'clusterconnb', 'clusterconnc', 'clusterconnd', 'clusterconne', 'clusterconnf'];
+    for (const id of ids) expect(await connections.create(TENANT, { id, name: `Connection ${id}`, description: id })).toBe('created');
+    expect(await connections.create(TENANT, { id: ids[0]!, name: 'again' })).toBe('exists');
+    // Another tenant's connection of the same id: its own record, its own list.
+    expect(await connections.create(OTHER_TENANT, { id: ids[0]!, name: 'theirs' })).toBe('created');
+
+    const ref: ConnectionRef = { tenantId: TENANT, connectionId: ids[0]! };
+    expect(await connections.get(ref)).toEqual({ id: ref.connectionId, name: `Connection ${ref.connectionId}`, description: ref.connectionId, state: 'draft' });
+    expect(await connections.provisioned(ref)).toEqual({ latestOperationId: '' });
+
+    // The schema and the operation that provisions it, in one script: record and operation keys together.
+    const submitted = await connections.submitSchema(ref, SCHEMA, '');
+    expect(submitted.result).toBe('accepted');
+    const schemaOperationId = submitted.result === 'accepted' ? submitted.operation.id : '';
+    expect(await connections.schema(ref)).toEqual(SCHEMA);
+    expect(await connections.submitSchema(ref, SCHEMA, '')).toEqual({ result: 'provisioning', operationId: schemaOperationId });
+
+    // Every key of the connection (record, operation hash, indexes) shares its slot, on the master
+    // that serves it; the tenant's list lives in the tenant's slot.
+    const connectionKeys = (await Promise.all(nodeClients.map((client) => keysOnNode(client, `${prefix}:v1:{${TENANT}|${ref.connectionId}}*`)))).flat();
+    expect(connectionKeys.sort()).toEqual(
+      [store.keys.connection(ref), store.keys.operation({ ...ref, operationId: schemaOperationId }), store.keys.index(ref), store.keys.statusIndex(ref, 'inprogress')].sort(),
+    );
+    const slot = await keySlot(`{${TENANT}|${ref.connectionId}}`);
+    expect(new Set(await Promise.all(connectionKeys.map(keySlot)))).toEqual(new Set([slot]));
+    const owner = clientOfPort(cluster.nodeOfSlot(slot).port);
+    expect(await owner.exists(store.keys.connection(ref))).toBe(1);
+    expect(await keySlot(store.keys.tenantConnections(TENANT))).toBe(await keySlot(`{${TENANT}}`));
+    // The connections spread over the masters, and at least one is on another master than the
+    // tenant's list: a create writes two slots, never in one script.
+    const masters = await Promise.all(ids.map((connectionId) => masterOf(store.keys.connection({ tenantId: TENANT, connectionId }))));
+    expect(new Set(masters).size).toBeGreaterThan(1);
+    const listMaster = await masterOf(store.keys.tenantConnections(TENANT));
+    expect(masters.some((port) => port !== listMaster)).toBe(true);
+
+    // A worker's claim is told to provision this schema; its finish makes the connection ready.
+    const [claim] = await store.claim(ref, '', [{ operationId: schemaOperationId, holder: 'proc1:1' }], RULES);
+    expect(claim).toEqual({ kind: 'claimed', attempt: 1, task: { kind: 'schema', schemaJson: JSON.stringify(SCHEMA) } });
+    expect(await store.finishMany(ref, [{ operationId: schemaOperationId, holder: 'proc1:1', status: 'completed' }])).toEqual(['finished']);
+    expect(await connections.get(ref)).toMatchObject({ state: 'ready' });
+    expect(await connections.provisioned(ref)).toEqual({ schema: SCHEMA, latestOperationId: schemaOperationId });
+    expect(await store.get({ ...ref, operationId: schemaOperationId })).toMatchObject({ status: 'completed', error: null });
+
+    // The tenant's connections, by id, paged; the other tenant's are not among them.
+    const first = await connections.list(TENANT, { top: 4 });
+    expect(first.connections.map((connection) => connection.id)).toEqual(ids.slice(0, 4));
+    expect(first.connections[0]!.state).toBe('ready');
+    expect(first.next).toBe(ids[3]);
+    const rest = await connections.list(TENANT, { top: 4, after: first.next! });
+    expect(rest.connections.map((connection) => connection.id)).toEqual(ids.slice(4));
+    expect(rest.next).toBeUndefined();
+    expect(await connections.count(TENANT)).toBe(ids.length);
+    expect((await connections.list(OTHER_TENANT, { top: 10 })).connections).toEqual([
+      { id: ids[0], name: 'theirs', description: '', state: 'draft' },
+    ]);
+
+    // Delete: an operation of kind deleteConnection; its completion removes the record, not the
+    // operations, and the connection leaves its tenant's list.
+    const deleted = await connections.delete(ref, CANCELED);
+    expect(deleted).toMatchObject({ result: 'accepted' });
+    expect(deleted).not.toHaveProperty('canceledSchemaOperationId');
+    const deleteOperationId = deleted.result === 'accepted' ? deleted.operation.id : '';
+    expect(await connections.delete(ref, CANCELED)).toEqual({ result: 'deleting', operationId: deleteOperationId });
+    expect(await connections.submitSchema(ref, SCHEMA, schemaOperationId)).toEqual({ result: 'deleting', operationId: deleteOperationId });
+    const [deleteClaim] = await store.claim(ref, '', [{ operationId: deleteOperationId, holder: 'proc1:2' }], RULES);
+    expect(deleteClaim).toEqual({ kind: 'claimed', attempt: 1, task: { kind: 'deleteConnection' } });
+    expect(await store.finishMany(ref, [{ operationId: deleteOperationId, holder: 'proc1:2', status: 'completed' }])).toEqual(['finished']);
+    expect(await connections.get(ref)).toBeUndefined();
+    expect(await owner.exists(store.keys.connection(ref))).toBe(0);
+    await connections.unlist(ref);
+    expect((await connections.list(TENANT, { top: 10 })).connections.map((connection) => connection.id)).toEqual(ids.slice(1));
+    expect(await connections.count(TENANT)).toBe(ids.length - 1);
+    expect((await store.list(ref, { top: 10 })).operations.map((operation) => [operation.id, operation.status]).sort()).toEqual(
+      [[schemaOperationId, 'completed'], [deleteOperationId, 'completed']].sort(),
+    );
+    // The other tenant's connection of that id is untouched.
+    expect(await connections.get({ tenantId: OTHER_TENANT, connectionId: ids[0]! })).toMatchObject({ name: 'theirs' });
+  });
+
+  it('lets a delete win over a schema still provisioning on the cluster: the schema operation fails canceled in the same script, and its holder is told', async () => {
+    const prefix = uniquePrefix();
+    const store = storeFor(prefix);
+    const connections = new ConnectionStore(redis, store);
+    const ref: ConnectionRef = { tenantId: TENANT, connectionId: 'clusterdeletewins' };
+    expect(await connections.create(TENANT, { id: ref.connectionId, name: 'Delete wins' })).toBe('created');
+    const submitted = await connections.submitSchema(ref, SCHEMA, '');
+    const schemaOperationId = submitted.result === 'accepted' ? submitted.operation.id : '';
+    expect(await store.claim(ref, '', [{ operationId: schemaOperationId, holder: 'proc9:1' }], RULES)).toMatchObject([{ kind: 'claimed' }]);
+
+    // The holder's process hears its cancels on a classic channel: a PUBLISH from a script on one
+    // master reaches a subscriber on any.
+    const listener = new Redis({ port: cluster.nodes[0]!.port, host: '127.0.0.1', maxRetriesPerRequest: 1 });
+    try {
+      const told = new Promise<string>((resolve) => listener.on('message', (_channel: string, message: string) => resolve(message)));
+      await listener.subscribe(`${store.keys.cancelsPrefix()}proc9`);
+      const deleted = await connections.delete(ref, CANCELED);
+      expect(deleted).toMatchObject({ result: 'accepted', canceledSchemaOperationId: schemaOperationId });
+      expect(await told).toBe('proc9:1');
+    } finally {
+      listener.disconnect();
+    }
+    expect(await store.get({ ...ref, operationId: schemaOperationId })).toMatchObject({ status: 'failed', error: CANCELED });
+    // The late finish of the canceled attempt changes nothing, and the connection stays draft.
+    expect(await store.finishMany(ref, [{ operationId: schemaOperationId, holder: 'proc9:1', status: 'completed' }])).toEqual(['alreadyTerminal']);
+    expect(await connections.get(ref)).toMatchObject({ state: 'draft' });
   });
 });
 

@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, posix, relative } from 'node:path';
 import { promisify } from 'node:util';
@@ -29,6 +30,7 @@ import { logMessage } from './support/log-messages.js';
 
 const execFileAsync = promisify(execFile);
 const BUILD_TIMEOUT_MS = 240_000;
+const CLEANUP_TIMEOUT_MS = 120_000;
 const PROCESS_DEADLINE_MS = 20_000;
 const CONNECTION_ID = 'dockerbuild';
 
@@ -217,9 +219,12 @@ afterEach(async () => {
   await Promise.all(running.splice(0).map((child) => child.kill()));
 });
 
-afterAll(() => {
-  if (buildRoot) rmSync(buildRoot, { recursive: true, force: true });
-});
+// The build holds a whole production node_modules: removing it takes seconds on an idle machine
+// and more than the default hook timeout on a busy one (seen in a full run beside two other test
+// runs). Asynchronous, so that a slow removal reports as this hook's timeout, not a stalled run.
+afterAll(async () => {
+  if (buildRoot) await rm(buildRoot, { recursive: true, force: true });
+}, CLEANUP_TIMEOUT_MS);
 
 describe('the Docker image, built by performing the Dockerfile without Docker', () => {
   it('holds every production dependency and none of the development-only ones, and nothing outside it can stand in', () => {

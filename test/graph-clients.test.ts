@@ -14,7 +14,14 @@ import {
 import { HttpMethod, RequestInformation, type AuthenticationProvider } from '@microsoft/kiota-abstractions';
 import { JsonParseNode } from '@microsoft/kiota-serialization-json';
 import { GraphRequestAdapter } from '@microsoft/msgraph-sdk';
-import { createConnectionOperationFromDiscriminatorValue, type ConnectionOperation } from '@microsoft/msgraph-sdk/models/externalConnectors/index.js';
+import {
+  createConnectionOperationFromDiscriminatorValue,
+  createExternalConnectionFromDiscriminatorValue,
+  createSchemaFromDiscriminatorValue,
+  type ConnectionOperation,
+  type ExternalConnection,
+  type Schema,
+} from '@microsoft/msgraph-sdk/models/externalConnectors/index.js';
 import { createODataErrorFromDiscriminatorValue, type ODataError } from '@microsoft/msgraph-sdk/models/oDataErrors/index.js';
 import { createGraphClientFactory } from '@microsoft/msgraph-sdk-core';
 import { Agent } from 'undici';
@@ -26,6 +33,7 @@ import { OperationFailure, type Processor } from '../src/worker/processor.js';
 import { createWorker, type OperationWorker } from '../src/worker/worker.js';
 import { createApiContext, silentLog, type ApiContext } from './support/context.js';
 import { selfSignedCertificate, startTlsProxy, type TlsProxy } from './support/tls-proxy.js';
+import { pollUntil } from './support/wait.js';
 
 /**
  * The service as the real Microsoft Graph clients see it: the Graph JS client (3.0.7) and the
@@ -33,7 +41,9 @@ import { selfSignedCertificate, startTlsProxy, type TlsProxy } from './support/t
  * the token only over https), with the API behind it trusting the proxy's X-Forwarded-* headers
  * and a worker in the same process finishing the operations. What each client must be able to
  * do: create, read, list and follow @odata.nextLink, cancel, batch with dependsOn (and read a
- * 424), read Graph errors, and read a failed operation's error with the v1.0 model.
+ * 424), read Graph errors, read a failed operation's error with the v1.0 model, and provision a
+ * connection's schema: create it, PATCH the schema, poll the 202's Location until the operation
+ * completes, and read the connection ready with the v1.0 models.
  */
 
 const CERT = selfSignedCertificate();
@@ -74,7 +84,16 @@ beforeAll(async () => {
   workerRedis = createRedis({ url: ctx.config.REDIS_URL, role: 'consumer' });
   await waitUntilReady(workerRedis);
   workerEvents = new Subscriber(createRedis({ url: ctx.config.REDIS_URL, role: 'subscriber' }), silentLog);
-  worker = createWorker({ connection: workerRedis, store: ctx.store, queue: ctx.queue, processor, config: ctx.config, log: silentLog, subscriber: workerEvents });
+  worker = createWorker({
+    connection: workerRedis,
+    store: ctx.store,
+    queue: ctx.queue,
+    connections: ctx.connections,
+    processor,
+    config: ctx.config,
+    log: silentLog,
+    subscriber: workerEvents,
+  });
   await worker.hearingCancels;
 
   client = Client.init({
@@ -110,6 +129,11 @@ interface GraphOperation {
 /** Reads an operation's JSON with today's v1.0 SDK model, as a Kiota client does. */
 function asV1Model(json: string): ConnectionOperation {
   return new JsonParseNode(JSON.parse(json)).getObjectValue(createConnectionOperationFromDiscriminatorValue);
+}
+
+/** Reads a connection's JSON with the v1.0 SDK model. */
+function asV1Connection(json: string): ExternalConnection {
+  return new JsonParseNode(JSON.parse(json)).getObjectValue(createExternalConnectionFromDiscriminatorValue);
 }
 
 describe('the Graph JS client (@microsoft/microsoft-graph-client)', () => {
@@ -269,5 +293,75 @@ describe('a failed operation read with the v1.0 SDK model (Kiota: error is error
     const missing = await get('nosuch').then(() => undefined, (error: unknown) => error as ODataError);
     expect(missing?.responseStatusCode).toBe(404);
     expect(missing?.errorEscaped).toMatchObject({ code: 'itemNotFound' });
+  });
+});
+
+describe('a connection and its schema with the Graph JS client, read with the v1.0 models', () => {
+  const SCHEMA = {
+    baseType: 'microsoft.graph.externalItem',
+    properties: [
+      { name: 'ticketTitle', type: 'string', isSearchable: true, isRetrievable: true, labels: ['title'] },
+      { name: 'priority', type: 'string', isQueryable: true, isRetrievable: true, isRefinable: true },
+      { name: 'assignee', type: 'string', isRetrievable: true, aliases: ['owner'] },
+    ],
+  };
+
+  it('creates a connection, PATCHes its schema (202: Location and Retry-After read raw), polls the Location until completed, and reads the connection ready', async () => {
+    const id = 'jsflow';
+    const created = (await client.api('/external/connections').post({ id, name: 'Contoso tickets', description: 'Tickets of Contoso' })) as Record<string, unknown>;
+    expect(created).toMatchObject({ id, name: 'Contoso tickets', state: 'draft' });
+
+    const accepted = (await client.api(`/external/connections/${id}/schema`).responseType(ResponseType.RAW).patch(SCHEMA)) as Response;
+    expect(accepted.status).toBe(202);
+    expect(await accepted.text()).toBe('');
+    expect(accepted.headers.get('retry-after')).toBe('2');
+    const location = accepted.headers.get('location');
+    // An absolute https URL of the proxy, naming the schema operation: the client follows it as it is.
+    expect(location).toMatch(new RegExp(`^${graphBase.replace(/\./g, '\\.')}/external/connections/${id}/operations/[0-9a-f-]{36}$`));
+    const operationId = location!.split('/').pop()!;
+
+    // Polled with the client, each answer read with the v1.0 model. (Faster than the 2 s
+    // Retry-After asks: the in-process worker finishes within milliseconds.)
+    const polled: string[] = [];
+    const { text, operation } = await pollUntil(
+      async () => {
+        const answer = (await client.api(location!).responseType(ResponseType.TEXT).get()) as string;
+        const read = asV1Model(answer);
+        polled.push(String(read.status));
+        return read.status === 'inprogress' ? undefined : { text: answer, operation: read };
+      },
+      { timeoutMs: 10_000, what: `the schema operation at ${location} to end`, context: () => `statuses seen: ${polled.join(', ')}` },
+    );
+    expect(operation.id).toBe(operationId);
+    expect(operation.status).toBe('completed');
+    expect(operation.odataType).toBe('#microsoft.graph.connectionOperation');
+    // (Kiota reads `"error": null` as an empty publicError, so the JSON says it.)
+    expect(JSON.parse(text)).toMatchObject({ error: null });
+    expect(operation.errorEscaped?.code).toBeUndefined();
+
+    const connection = asV1Connection((await client.api(`/external/connections/${id}`).responseType(ResponseType.TEXT).get()) as string);
+    expect(connection).toMatchObject({ id, name: 'Contoso tickets', description: 'Tickets of Contoso', state: 'ready' });
+    expect(connection.odataType).toBe('#microsoft.graph.externalConnectors.externalConnection');
+    // Nothing the v1.0 model does not know came back as additional data.
+    expect(connection.additionalData ?? {}).toEqual({});
+
+    const schema: Schema = new JsonParseNode(await client.api(`/external/connections/${id}/schema`).get()).getObjectValue(createSchemaFromDiscriminatorValue);
+    expect(schema.baseType).toBe('microsoft.graph.externalItem');
+    expect(schema.properties?.map((property) => property.name)).toEqual(['ticketTitle', 'priority', 'assignee']);
+    expect(schema.properties?.[0]).toMatchObject({ type: 'string', isSearchable: true, labels: ['title'] });
+  });
+
+  it('reads a schema that breaks a rule as a GraphError: 400 InvalidRequest, the rule in innerError.code', async () => {
+    const id = 'jsbadschema';
+    await client.api('/external/connections').post({ id, name: 'Broken schema' });
+    const broken = { baseType: 'microsoft.graph.externalItem', properties: [{ name: 'x', type: 'boolean', isRefinable: true }] };
+    const refused = await client.api(`/external/connections/${id}/schema`).patch(broken).then(() => undefined, (error: unknown) => error);
+    expect(refused).toBeInstanceOf(GraphError);
+    expect(refused).toMatchObject({ statusCode: 400, code: 'InvalidRequest', message: "Refiner property 'x' cannot be of type 'Boolean'." });
+    const body = JSON.parse((refused as GraphError).body as string) as { innerError: { code: string }; details: { code: string; target: string }[] };
+    expect(body.innerError.code).toBe('RefinerShouldNotBeOfType');
+    expect(body.details).toEqual([expect.objectContaining({ code: 'RefinerShouldNotBeOfType', target: 'x' })]);
+    // Nothing was provisioned: the connection stays draft.
+    expect(await client.api(`/external/connections/${id}`).get()).toMatchObject({ state: 'draft' });
   });
 });

@@ -150,7 +150,7 @@ describe('OperationStore.claim', () => {
     await sleep(80);
     expect(await claim('x', 'next', { leaseMs: 50 })).toEqual({ kind: 'claimed', attempt: 2, task: { kind: 'operation' } });
     expect(await store.finishMany(connection, [{ operationId: 'x', holder: 'slow', status: 'completed' }])).toEqual(['superseded']);
-    expect(await store.renewLeases(connection, [{ operationId: 'x', holder: 'slow' }, { operationId: 'x', holder: 'next' }], 50)).toEqual([false, true]);
+    expect(await store.renewLeases(connection, [{ operationId: 'x', holder: 'slow' }, { operationId: 'x', holder: 'next' }], 50)).toEqual(['lost', 'renewed']);
     expect(await store.finishMany(connection, [{ operationId: 'x', holder: 'next', status: 'completed' }])).toEqual(['finished']);
   });
 

@@ -400,14 +400,18 @@ return { 'accepted', provisioning or '' }
  * renew: extends the leases a worker holds, for one or many operations of one connection.
  * KEYS[1] the connection's inprogress status index (only routes the call to the connection's slot)
  * ARGV[1] operation key prefix, ARGV[2] lease ms, then per operation: id, holder token.
- * Returns one number per operation: 1 renewed, 0 lost (finished, or taken over by another holder).
+ * Returns one number per operation: 1 renewed, 0 lost (another holder took the attempt over, or
+ * it was given back), -1 ended (the operation is terminal, or gone: a client canceled it).
  */
 const RENEW = `${REDIS_MS}
 local expires = redis_ms() + tonumber(ARGV[2])
 local out = {}
 for i = 3, #ARGV, 2 do
   local key = ARGV[1] .. ARGV[i]
-  if redis.call('HGET', key, 'h') == ARGV[i + 1] then
+  local r = redis.call('HMGET', key, 's', 'h')
+  if r[1] ~= 'inprogress' then
+    out[#out + 1] = -1
+  elseif r[2] == ARGV[i + 1] then
     redis.call('HSET', key, 'l', expires)
     out[#out + 1] = 1
   else

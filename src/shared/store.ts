@@ -66,6 +66,8 @@ const POSTED: OperationTask = { kind: 'operation' };
 
 export type CancelResult = { result: 'missing' } | { result: 'canceled' | 'ended'; operation: Operation };
 
+export type LeaseRenewal = 'renewed' | 'lost' | 'ended';
+
 export interface ClaimRules {
   leaseMs: number;
   attempts: number;
@@ -199,8 +201,9 @@ export class OperationStore {
     });
   }
 
-  /** Extends the leases of attempts a worker holds; false where the lease was lost. */
-  async renewLeases(connection: ConnectionRef, held: { operationId: string; holder: string }[], leaseMs: number): Promise<boolean[]> {
+  /** Extends the leases of attempts a worker holds: `lost` where another holder has the attempt,
+   *  `ended` where the operation ended without it (canceled). */
+  async renewLeases(connection: ConnectionRef, held: { operationId: string; holder: string }[], leaseMs: number): Promise<LeaseRenewal[]> {
     const args: string[] = [];
     for (const { operationId, holder } of held) args.push(operationId, holder);
     const reply = (await scripts.renew.run(
@@ -208,7 +211,7 @@ export class OperationStore {
       [this.keys.statusIndex(connection, 'inprogress')],
       [this.keys.operationPrefix(connection), leaseMs, ...args],
     )) as number[];
-    return reply.map((renewed) => renewed === 1);
+    return reply.map((renewed) => (renewed === 1 ? 'renewed' : renewed === 0 ? 'lost' : 'ended'));
   }
 
   /** The operation leaves batch job `batchJobId` for its own job, if that batch still carries it. */

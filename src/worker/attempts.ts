@@ -3,6 +3,7 @@ import { connectionTag, groupByConnection } from '../shared/keys.js';
 import type { Logger } from '../shared/logger.js';
 import type { OperationRef } from '../shared/operation.js';
 import type { AttemptOutcome, ClaimResult, ClaimRules, FinishResult, OperationStore, OperationTask } from '../shared/store.js';
+import { OperationCanceled } from './processor.js';
 import { TickWriter } from './tick-writer.js';
 
 /** A claimed attempt: its number, the token that fences its writes, and the signal its
@@ -153,13 +154,21 @@ export class Attempts {
     await Promise.all(
       groupByConnection(held).map(async (group) => {
         try {
-          const renewed = await this.store.renewLeases(group[0]!, group, this.rules.leaseMs);
+          const renewals = await this.store.renewLeases(group[0]!, group, this.rules.leaseMs);
           group.forEach(({ holder, operationId }, i) => {
-            const lost = this.held.get(holder);
-            if (renewed[i] || !lost) return;
+            const held = this.held.get(holder);
+            const renewal = renewals[i];
+            if (renewal === 'renewed' || !held) return;
+            // Ended: a client canceled the operation, and this renewal came between the cancel's
+            // write and its message. Aborted as the message would have, so the attempt ends as
+            // canceled (its processor error is not taken for a failure to retry).
+            if (renewal === 'ended') {
+              held.abort(new OperationCanceled());
+              return;
+            }
             this.held.delete(holder);
             this.log.warn({ operationId, connectionId: group[0]!.connectionId }, 'lease of an attempt in flight was lost; aborting it');
-            lost.abort(new Error('The lease of this attempt was lost to another worker.'));
+            held.abort(new Error('The lease of this attempt was lost to another worker.'));
           });
         } catch (error) {
           this.log.warn({ err: error }, 'renewing attempt leases failed; retrying at the next renewal');
