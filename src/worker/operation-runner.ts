@@ -165,15 +165,21 @@ export function createOperationRunner({ store, queue, processor, config, log, me
       log.warn({ operationId, connectionId, attempt, durationMs, err: outcome.interrupted }, 'operation interrupted by shutdown; its job returns to the queue');
       return 'interrupted';
     }
+    const notRecorded = (result: string) =>
+      log.warn({ operationId, connectionId, attempt, durationMs, result }, 'outcome not recorded: the operation was already terminal, or its lease was taken over');
     if ('retry' in outcome) {
       const result = await attempts.record(ref, holder, { status: 'retry' });
+      if (result !== 'finished') {
+        notRecorded(result);
+        return 'done';
+      }
       metrics?.processingDuration.observe({ outcome: 'retry' }, seconds);
-      log.info({ operationId, connectionId, attempt, durationMs, status: 'retrying', err: outcome.retry, result }, 'operation attempt failed; will retry');
-      return result === 'finished' ? { againInMs: queue.backoffAfter(attempt) } : 'done';
+      log.info({ operationId, connectionId, attempt, durationMs, status: 'retrying', err: outcome.retry }, 'operation attempt failed; will retry');
+      return { againInMs: queue.backoffAfter(attempt) };
     }
     const result = await attempts.record(ref, holder, { status: outcome.status, error: outcome.error });
     if (result !== 'finished') {
-      log.warn({ operationId, connectionId, attempt, durationMs, result }, 'outcome not recorded: the operation was already terminal, or its lease was taken over');
+      notRecorded(result);
     } else {
       metrics?.processingDuration.observe({ outcome: outcome.status }, seconds);
       metrics?.finished(outcome.status, outcome.error?.errorCode);
