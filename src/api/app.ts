@@ -2,6 +2,7 @@ import type { HttpBindings } from '@hono/node-server';
 import { httpInstrumentationMiddleware } from '@hono/otel';
 import { Hono, type MiddlewareHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
+import { tracingOn } from '../shared/tracing.js';
 import { ADMIN_BASE_PATH } from './admin.js';
 import type { Authenticator } from './auth.js';
 import { batchRoutes } from './batch.js';
@@ -14,7 +15,6 @@ import { openApiRoutes } from './openapi.js';
 import { OPERATION_ROUTES } from './operation-routes.js';
 import { operationRoutes } from './operations.js';
 import { operatorRoutes } from './operator-routes.js';
-import { tracingOn } from '../shared/tracing.js';
 
 /** The Graph routes (connections and their operations) are served at the root and under these,
  *  so a Graph SDK pointed at `http://host:port/v1.0` works unchanged. */

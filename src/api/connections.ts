@@ -5,6 +5,7 @@ import { validateSchema, type SchemaViolation } from '../shared/connection-schem
 import type { SubmitResult } from '../shared/connection-store.js';
 import type { ConnectionRef } from '../shared/keys.js';
 import { OPERATION_CANCELED, type ErrorDetail, type OperationRef } from '../shared/operation.js';
+import { annotateActiveSpan, operationAttributes } from '../shared/tracing.js';
 import {
   createConnectionRoute,
   deleteConnectionRoute,
@@ -19,7 +20,6 @@ import { encodeConnectionSkipToken, nextLink } from './list-query.js';
 import { emptyAnswer, jsonResponse } from './respond.js';
 import type { ConnectionResource } from './schemas.js';
 import { publicBaseUrl } from './urls.js';
-import { annotateActiveSpan, operationAttributes } from '../shared/tracing.js';
 import { answerValidationFailure } from './validation.js';
 
 /** Polling hint for a schema or delete operation, in seconds: they take longer than most. */

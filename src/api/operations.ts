@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { OPERATION_CANCELED, OPERATION_ID_PATTERN, canceledError, describeCreateBodyProblem, type Operation, type OperationRef } from '../shared/operation.js';
+import { annotateActiveSpan, operationAttributes } from '../shared/tracing.js';
 import type { AppDeps, AppEnv } from './env.js';
 import { GraphError, notFound, unlessRedisFails } from './errors.js';
 import { encodeSkipToken, nextLink } from './list-query.js';
@@ -18,7 +19,6 @@ import { preferredWaitSeconds } from './prefer.js';
 import { answer, jsonResponse } from './respond.js';
 import type { OperationResource } from './schemas.js';
 import { publicBaseUrl } from './urls.js';
-import { annotateActiveSpan, operationAttributes } from '../shared/tracing.js';
 import { answerValidationFailure } from './validation.js';
 
 /** Polling hint on an inprogress operation, in seconds (a Retry-After value). */
