@@ -82,7 +82,8 @@ describe('with OTEL_EXPORTER_OTLP_ENDPOINT set', () => {
       () => {
         const inTrace = receiver.inTrace(caller.traceId);
         const client = inTrace.find((span) => span.kind === SPAN_KIND.client && span.service === 'connection-operations-worker');
-        return client && attemptSpanOf(operationId) ? inTrace : undefined;
+        const server = inTrace.find((span) => span.kind === SPAN_KIND.server);
+        return server && client && attemptSpanOf(operationId) ? inTrace : undefined;
       },
       { timeoutMs: SPANS_DEADLINE_MS, what: 'the API, attempt and processor-call spans of the trace', context: () => describeSpans(receiver.spans) },
     );
@@ -115,7 +116,7 @@ describe('with OTEL_EXPORTER_OTLP_ENDPOINT set', () => {
     // The log lines written inside the spans name them.
     const finished = await worker.waitForLog((line) => line.operationId === operationId && line.msg === 'operation finished', 5000, 'operation finished');
     expect(finished).toMatchObject({ trace_id: caller.traceId, span_id: attempt.spanId });
-    const requestLine = api.logs.find((line) => line.msg === 'request' && line.trace_id === caller.traceId);
+    const requestLine = await api.waitForLog((line) => line.msg === 'request' && line.trace_id === caller.traceId, 5000, 'the request line');
     expect(requestLine).toMatchObject({ span_id: server!.spanId, status: 201 });
   });
 
@@ -125,12 +126,19 @@ describe('with OTEL_EXPORTER_OTLP_ENDPOINT set', () => {
     const creates = Array.from({ length: 20 }, () => ({ operationId: randomUUID(), caller: callerTraceparent() }));
     await Promise.all(creates.map(({ operationId, caller }) => create(operationId, caller.traceparent)));
 
+    // A batch job's span ends (and is exported) after the last of its operations: wait for the
+    // attempt spans, the jobs they link to, and the commits that started those jobs' traces.
+    const commitOf = (jobSpanId: string) => {
+      const job = receiver.spans.find((span) => span.spanId === jobSpanId);
+      return job && receiver.spans.find((span) => span.traceId === job.traceId && span.name === 'commit batch');
+    };
     const attempts = await pollUntil(
       () => {
         const found = creates.map(({ operationId }) => attemptSpanOf(operationId));
-        return found.every(Boolean) ? (found as ReceivedSpan[]) : undefined;
+        const complete = found.every((attempt) => attempt && attempt.links.every((link) => commitOf(link.spanId)));
+        return complete ? (found as ReceivedSpan[]) : undefined;
       },
-      { timeoutMs: SPANS_DEADLINE_MS, what: 'the attempt span of every create', context: () => describeSpans(receiver.spans) },
+      { timeoutMs: SPANS_DEADLINE_MS, what: 'the attempt span of every create, its job and its commit', context: () => describeSpans(receiver.spans) },
     );
 
     const carriedBy = new Map<string, string[]>();
@@ -148,10 +156,7 @@ describe('with OTEL_EXPORTER_OTLP_ENDPOINT set', () => {
     // Each batch job's trace starts at the API's commit of the batch, which links to the traces
     // of exactly the creates the job carried.
     for (const [jobSpanId, traces] of carriedBy) {
-      const job = receiver.spans.find((span) => span.spanId === jobSpanId);
-      const commit = receiver.spans.find((span) => span.traceId === job?.traceId && span.name === 'commit batch');
-      expect(commit, describeSpans(receiver.spans.filter((span) => span.traceId === job?.traceId))).toBeDefined();
-      expect(commit!.links.map((link) => link.traceId).sort()).toEqual([...traces].sort());
+      expect(commitOf(jobSpanId)!.links.map((link) => link.traceId).sort()).toEqual([...traces].sort());
     }
   });
 });
