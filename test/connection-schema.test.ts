@@ -112,7 +112,8 @@ const validSchema: fc.Arbitrary<Schema> = fc
       drafts: fc.array(propertyDraft, { minLength: count, maxLength: count }),
       aliasOwners: fc.array(fc.nat(), { minLength: MAX_ALIASES, maxLength: MAX_ALIASES }),
       labelOwners: fc.array(fc.option(fc.nat(), { nil: undefined }), { minLength: LABELS.length, maxLength: LABELS.length }),
-      annotated: fc.boolean(),
+      // ODataTypeNotSupported: with or without @odata.type, written with or without its #.
+      annotated: fc.constantFrom(undefined, SCHEMA_ODATA_TYPE, SCHEMA_ODATA_TYPE.slice(1)),
     }),
   )
   .map(({ identifiers, drafts, aliasOwners, labelOwners, annotated }) => {
@@ -128,7 +129,7 @@ const validSchema: fc.Arbitrary<Schema> = fc
     });
     const properties = drafts.map((draft, index) => propertyOf(names[index]!, draft, labels[index]!, aliases[index]!));
     const schema: Schema = { baseType: 'microsoft.graph.externalItem', properties };
-    return annotated ? { '@odata.type': SCHEMA_ODATA_TYPE, ...schema } : schema;
+    return annotated ? { '@odata.type': annotated, ...schema } : schema;
   });
 
 // ---- the mutations: each breaks one rule, at one place ----
@@ -196,6 +197,12 @@ const MUTATIONS: Record<string, MutationCase> = {
     mutate: (schema, [a, b]) => {
       const key = at(['id', 'name', 'description', 'Properties', 'BaseType', '@odata.context', 'properties ', 'value'], a);
       return { body: { ...schema, [key]: at<unknown>([null, 'x', [], {}], b) }, target: key, mentions: [quoted(key)] };
+    },
+  },
+  ODataTypeNotSupported: {
+    mutate: (schema, [a]) => {
+      const value = at<unknown>(['#microsoft.graph.externalConnectors.externalConnection', '#microsoft.graph.schema', '#Microsoft.Graph.ExternalConnectors.Schema', '', null, 42, ['#microsoft.graph.externalConnectors.schema']], a);
+      return { body: { ...schema, '@odata.type': value }, target: '@odata.type', mentions: ['@odata.type', JSON.stringify(value)] };
     },
   },
   BaseTypeNotSupported: {
@@ -361,7 +368,7 @@ const MUTATIONS: Record<string, MutationCase> = {
       return { body: schema, target: property.name, mentions: [quoted(property.name)] };
     },
   },
-  // Its message names the label, not the property (the target does).
+  // Its message names the label and every property it marks.
   LabelUsedMoreThanOnce: {
     mutate: (schema, [, b, c]) => {
       const label = at(LABELS, b);
@@ -369,12 +376,12 @@ const MUTATIONS: Record<string, MutationCase> = {
       if (owner && c % 2 === 0) {
         // Twice on the same property.
         owner.labels = [...owner.labels!, label];
-        return { body: schema, target: owner.name, mentions: [quoted(label)] };
+        return { body: schema, target: owner.name, mentions: [quoted(label), quoted(owner.name)] };
       }
       // On a new property too (twice on it when no property had it).
       const name = freshName(schema);
       append(schema, { name, type: LABEL_TYPES[label]!, isRetrievable: true, labels: owner ? [label] : [label, label] }, owner ? [owner.name] : []);
-      return { body: schema, target: name, mentions: [quoted(label)] };
+      return { body: schema, target: name, mentions: [quoted(label), quoted(name), ...(owner ? [quoted(owner.name)] : [])] };
     },
   },
   LabelShouldBeOfType: {
@@ -498,7 +505,7 @@ describe('the schema validator', () => {
         }
         // What the generator reached, to check below that it covers the rules' ground.
         if (schema.properties.length === MAX_PROPERTIES) seen.add('most properties');
-        if ('@odata.type' in schema) seen.add('@odata.type');
+        if ('@odata.type' in schema) seen.add(`@odata.type ${schema['@odata.type']}`);
         for (const property of schema.properties) {
           seen.add(`type ${property.type}`);
           for (const key of FLAGS) if (property[key]) seen.add(`${key} on ${property.type}`);
@@ -512,7 +519,8 @@ describe('the schema validator', () => {
     );
     const expected = [
       'most properties',
-      '@odata.type',
+      `@odata.type ${SCHEMA_ODATA_TYPE}`,
+      `@odata.type ${SCHEMA_ODATA_TYPE.slice(1)}`,
       'aliases',
       'longest description',
       'longest name',
@@ -622,7 +630,7 @@ describe('schemas through the API', () => {
     expect(error.details).toEqual(violations);
   }
 
-  it('answers every valid schema with 202 and an operation Location, and reads it back as it was sent (with @odata.type)', async () => {
+  it('answers every valid schema with 202 and an operation Location, and reads it back as it was sent, annotated with the full @odata.type', async () => {
     await fc.assert(
       fc.asyncProperty(validSchema, async (schema) => {
         const id = await freshConnection();
@@ -631,7 +639,7 @@ describe('schemas through the API', () => {
         expect(new URL(response.headers.get('location')!).pathname).toMatch(new RegExp(`^${CONNECTIONS}/${id}/operations/[0-9a-f-]{36}$`));
         const read = await ctx.request(`${CONNECTIONS}/${id}/schema`);
         expect(read.status).toBe(200);
-        expect(await read.json()).toStrictEqual({ '@odata.type': SCHEMA_ODATA_TYPE, ...schema });
+        expect(await read.json()).toStrictEqual({ ...schema, '@odata.type': SCHEMA_ODATA_TYPE });
       }),
       { numRuns: 20 },
     );
@@ -660,7 +668,7 @@ describe('schemas through the API', () => {
         await provisioned(await patchSchema(id, schema));
         await expectRefused(await patchSchema(id, broken.body), code, broken.body, schema);
         // The provisioned schema is still the one read back.
-        expect(await (await ctx.request(`${CONNECTIONS}/${id}/schema`)).json()).toStrictEqual({ '@odata.type': SCHEMA_ODATA_TYPE, ...schema });
+        expect(await (await ctx.request(`${CONNECTIONS}/${id}/schema`)).json()).toStrictEqual({ ...schema, '@odata.type': SCHEMA_ODATA_TYPE });
       }),
       { numRuns: 3 },
     );

@@ -51,11 +51,13 @@ export interface SchemaViolation {
 export type SchemaValidation = { valid: true; schema: ConnectionSchema } | { valid: false; violations: SchemaViolation[] };
 
 const SCHEMA_ODATA_TYPE = '#microsoft.graph.externalConnectors.schema';
+/** The annotation as SDKs write it, and as Graph's own examples write it, without the #. */
+const SCHEMA_ODATA_TYPES = new Set<unknown>([SCHEMA_ODATA_TYPE, SCHEMA_ODATA_TYPE.slice(1)]);
 
 /** The shape of a schema as zod, for the OpenAPI document only: the rules (validateSchema) decide
  *  what is accepted, so that every refusal names its rule. */
 const documentedShape = z.object({
-  '@odata.type': z.literal(SCHEMA_ODATA_TYPE).optional(),
+  '@odata.type': z.enum([SCHEMA_ODATA_TYPE, SCHEMA_ODATA_TYPE.slice(1)]).optional(),
   baseType: z.literal('microsoft.graph.externalItem'),
   properties: z
     .array(
@@ -163,6 +165,18 @@ const SHAPE_RULES: SchemaRule<unknown>[] = [
       if (!isObject(body)) return;
       for (const key of Object.keys(body)) {
         if (!SCHEMA_MEMBERS.has(key)) yield { target: key, message: `Schema member '${key}' is not supported; a schema has baseType and properties.` };
+      }
+    },
+  },
+  {
+    code: 'ODataTypeNotSupported',
+    rule: `@odata.type, when present, is "${SCHEMA_ODATA_TYPE}" (the leading # may be left out).`,
+    *check(body) {
+      if (isObject(body) && '@odata.type' in body && !SCHEMA_ODATA_TYPES.has(body['@odata.type'])) {
+        yield {
+          target: '@odata.type',
+          message: `@odata.type must be '${SCHEMA_ODATA_TYPE}', not ${JSON.stringify(body['@odata.type'])}.`,
+        };
       }
     },
   },
@@ -378,11 +392,13 @@ const PROPERTY_RULES: SchemaRule<ConnectionSchema>[] = [
     code: 'LabelUsedMoreThanOnce',
     rule: 'Each label marks one property, once.',
     *check({ properties }) {
-      const seen = new Set<string>();
+      const markedBy = new Map<string, string>();
       for (const { property, target } of each(properties)) {
         for (const label of property.labels ?? []) {
-          if (seen.has(label)) yield { target, message: `Label '${label}' is used more than once; a label marks one property.` };
-          seen.add(label);
+          const first = markedBy.get(label);
+          if (first === undefined) markedBy.set(label, property.name);
+          else if (first === property.name) yield { target, message: `Label '${label}' is given twice to property '${first}'; a label marks one property, once.` };
+          else yield { target, message: `Label '${label}' is on both '${first}' and '${property.name}'; a label marks one property.` };
         }
       }
     },
