@@ -7,6 +7,7 @@ import { Redis } from 'ioredis';
 import { startRedisServer, type RedisServer } from '../../scripts/lib/redis-server.js';
 import { Harness, REPO_ROOT } from './harness.js';
 import { benchToken } from './load.js';
+import { startOtlpSink } from './otlp-sink.js';
 import type { BenchContext } from './systems.js';
 
 /**
@@ -28,6 +29,7 @@ export const SESSION_FLAGS = {
   retries: { type: 'string' },
   'no-build': { type: 'boolean', default: false },
   'keep-logs': { type: 'boolean', default: false },
+  tracing: { type: 'boolean', default: false },
   help: { type: 'boolean', default: false },
 } as const satisfies ParseArgsConfig['options'];
 
@@ -41,6 +43,9 @@ export const SESSION_USAGE = `  --ref REV            bench a committed revision 
   --env KEY=VALUE      extra environment for the service's processes (repeatable), e.g.
                        --env LOG_LEVEL=warn to see what logging costs
   --keep-logs          keep the children's logs (their directory is printed)
+  --tracing            the service traces every request and operation (sampler always_on) and
+                       exports to an OTLP sink in the bench's process; a --compare ref runs
+                       untraced, so 'service / ref' with --compare HEAD is what tracing costs
   --help`;
 
 /** The session's own flag values, as parseArgs gives them. */
@@ -52,6 +57,7 @@ export interface SessionValues {
   retries?: string | undefined;
   'no-build': boolean;
   'keep-logs': boolean;
+  tracing: boolean;
 }
 
 /** Parses a command's own flags and the session's; prints `usage` and exits on --help. */
@@ -147,6 +153,8 @@ export function runSession(values: SessionValues, options: SessionOptions, run: 
     const redis = new Redis(redisServer.url, { maxRetriesPerRequest: null });
     harness.onCleanup(() => redis.disconnect());
     const redisVersion = /^redis_version:(\S+)/m.exec(await redis.info('server'))?.[1] ?? '?';
+    const sink = values.tracing ? await startOtlpSink() : undefined;
+    if (sink) harness.onCleanup(() => sink.close());
     const ctx: BenchContext = {
       harness,
       redisUrl: redisServer.url,
@@ -155,6 +163,7 @@ export function runSession(values: SessionValues, options: SessionOptions, run: 
       token: await benchToken(),
       serviceEntry,
       serviceEnv,
+      tracingEnv: sink ? { OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_TRACES_SAMPLER: 'always_on' } : {},
       log,
       maxOtherLoadPct,
       retries,
@@ -170,7 +179,13 @@ export function runSession(values: SessionValues, options: SessionOptions, run: 
         ` of a core of foreign CPU are repeated up to ${retries} time(s), the least disturbed kept`,
     );
 
+    if (sink) log(`tracing: the service exports every span to the bench's OTLP sink at ${sink.url}; a --compare ref runs untraced`);
+
     const result = await run(ctx);
+    if (sink) {
+      const { exports, bytes } = sink.received();
+      log(`tracing: the sink received ${exports} exports, ${(bytes / 1e6).toFixed(1)} MB`);
+    }
 
     mkdirSync(RESULTS_DIR, { recursive: true });
     const json = {

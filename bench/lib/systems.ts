@@ -30,6 +30,8 @@ export interface BenchContext {
   serviceEntry: { api: string[]; worker: string[] };
   /** Extra environment for the service's processes only (`--env KEY=VALUE`), for experiments. */
   serviceEnv: Record<string, string>;
+  /** With --tracing, the OTEL_* environment of the traced service (not of a --compare ref). */
+  tracingEnv: Record<string, string>;
   log: (line: string) => void;
   /** Runs disturbed by more than this much foreign CPU (percent of a core) are repeated… */
   maxOtherLoadPct: number;
@@ -88,6 +90,7 @@ export async function startSystem(ctx: BenchContext, kind: TargetKind, options: 
     REDIS_PREFIX: SERVICE_PREFIX,
     WORKER_HEALTH_PORT: String(healthPort),
     ...ctx.serviceEnv,
+    ...(options.entry ? {} : ctx.tracingEnv),
     ...options.env,
   };
 
