@@ -30,6 +30,7 @@ export const SESSION_FLAGS = {
   'no-build': { type: 'boolean', default: false },
   'keep-logs': { type: 'boolean', default: false },
   tracing: { type: 'boolean', default: false },
+  aof: { type: 'string', default: 'everysec' },
   help: { type: 'boolean', default: false },
 } as const satisfies ParseArgsConfig['options'];
 
@@ -46,6 +47,9 @@ export const SESSION_USAGE = `  --ref REV            bench a committed revision 
   --tracing            the service traces every request and operation (sampler always_on) and
                        exports to an OTLP sink in the bench's process; a --compare ref runs
                        untraced, so 'service / ref' with --compare HEAD is what tracing costs
+  --aof MODE           the bench's Redis persistence: everysec (default: appendonly yes,
+                       appendfsync everysec, as docker-compose.yml runs it and the operations
+                       guide recommends), always, or no (appendonly no: memory only)
   --help`;
 
 /** The session's own flag values, as parseArgs gives them. */
@@ -58,6 +62,7 @@ export interface SessionValues {
   'no-build': boolean;
   'keep-logs': boolean;
   tracing: boolean;
+  aof: string;
 }
 
 /** Parses a command's own flags and the session's; prints `usage` and exits on --help. */
@@ -145,7 +150,7 @@ export function runSession(values: SessionValues, options: SessionOptions, run: 
   const main = async () => {
     const startedAt = new Date();
     const serviceEntry = buildService(values, serviceFrom);
-    redisServer = await startRedisServer(['--appendonly', 'no']);
+    redisServer = await startRedisServer(aofArgs(values.aof));
     // Started by scripts/lib/redis-server.ts, not through the harness: without this, its CPU
     // (about 40% of a core in an accept run) counted as other sessions' load.
     const server = redisServer;
@@ -174,6 +179,7 @@ export function runSession(values: SessionValues, options: SessionOptions, run: 
     const envNote = Object.keys(serviceEnv).length ? `  service env ${JSON.stringify(serviceEnv)}` : '';
     log(`bench ${startedAt.toISOString()}  commit ${commit}  service from ${serviceFrom}${envNote}`);
     log(`machine: ${machine}; everything (load generator, API, worker, Redis) shares these cores`);
+    log(`redis: ${values.aof === 'no' ? 'appendonly no (memory only)' : `appendonly yes, appendfsync ${values.aof}`}, on ${redisServer.dir}`);
     log(
       `load average at start: ${loadavg().map((value) => value.toFixed(2)).join(' ')}; runs disturbed by more than ${maxOtherLoadPct}%` +
         ` of a core of foreign CPU are repeated up to ${retries} time(s), the least disturbed kept`,
@@ -193,7 +199,7 @@ export function runSession(values: SessionValues, options: SessionOptions, run: 
       finishedAt: new Date().toISOString(),
       commit,
       machine,
-      settings: { serviceFrom, serviceEnv, maxOtherLoadPct, retries },
+      settings: { serviceFrom, serviceEnv, maxOtherLoadPct, retries, aof: values.aof },
       ...result,
     };
     const base = join(RESULTS_DIR, options.results);
@@ -210,6 +216,13 @@ export function runSession(values: SessionValues, options: SessionOptions, run: 
       void shutdown(1);
     },
   );
+}
+
+/** The bench Redis's persistence flags for --aof. */
+function aofArgs(mode: string): string[] {
+  if (mode === 'no') return ['--appendonly', 'no'];
+  if (mode === 'everysec' || mode === 'always') return ['--appendonly', 'yes', '--appendfsync', mode];
+  throw new Error(`--aof must be everysec, always or no, not '${mode}'`);
 }
 
 function gitDescription(ref: string | undefined): string {
