@@ -1,0 +1,92 @@
+import { processCpuMicros } from '../lib/harness.js';
+import { postLoad } from '../lib/load.js';
+import { intFlag, parseFlags, runSession } from '../lib/session.js';
+import { fmt } from '../lib/stats.js';
+import { startSystem, type System } from '../lib/systems.js';
+
+/**
+ * An investigation tool, not a target: what one change costs the API per accepted create.
+ *   npx tsx bench/tools/ab.ts [--a-env K=V ...] [--b-env K=V ...] [--slices 16] [--slice-s 3]
+ * Two API processes of the same build, A and B, each with its own extra environment, share one
+ * Redis and one worker. The create load (POST {}, c=64) goes to one of them at a time, in short
+ * slices ordered A B B A A B B A …, so that whatever the machine does meanwhile falls on both
+ * alike. Each slice's figure is the API's CPU (/proc) per 201 over the slice; each adjacent A-B
+ * pair gives a ratio B/A, and the report gives their median and spread.
+ */
+const USAGE = `npx tsx bench/tools/ab.ts [flags]
+  --a-env KEY=VALUE    extra environment of API A (repeatable)
+  --b-env KEY=VALUE    extra environment of API B (repeatable)
+  --slices N           load slices in all, half on each (default 16)
+  --slice-s S          seconds per slice (default 3)
+  --concurrency N      HTTP connections (default 64)
+  --rate N             requests per second (autocannon overallRate; default: as fast as it answers)
+  --warmup-s S         seconds of load on each API before the slices (default 10)`;
+const values = parseFlags(
+  {
+    'a-env': { type: 'string', multiple: true },
+    'b-env': { type: 'string', multiple: true },
+    slices: { type: 'string' },
+    'slice-s': { type: 'string' },
+    concurrency: { type: 'string' },
+    rate: { type: 'string' },
+    'warmup-s': { type: 'string' },
+  },
+  USAGE,
+);
+const envOf = (pairs: string[] | undefined) => Object.fromEntries((pairs ?? []).map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]));
+const aEnv = envOf(values['a-env']);
+const bEnv = envOf(values['b-env']);
+const slices = intFlag('slices', values.slices, 16);
+const sliceS = intFlag('slice-s', values['slice-s'], 3);
+const connections = intFlag('concurrency', values.concurrency, 64);
+const rate = values.rate ? intFlag('rate', values.rate, 0) : undefined;
+const warmupS = intFlag('warmup-s', values['warmup-s'], 10);
+
+const median = (xs: number[]) => {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+};
+
+runSession(values, { results: 'ab', defaultRetries: 0 }, async (ctx) => {
+  ctx.log(`\n== A/B: API A env ${JSON.stringify(aEnv)}, API B env ${JSON.stringify(bEnv)}; ${slices} slices of ${sliceS} s at c=${connections}${rate ? `, ${rate} req/s` : ''} ==`);
+  const a = await startSystem(ctx, 'service', { env: aEnv, label: 'A' });
+  const b = await startSystem(ctx, 'service', { env: bEnv, label: 'B', worker: false });
+  const slice = async (system: System, durationS: number) => {
+    const pid = system.api!.pid;
+    const before = processCpuMicros(pid);
+    const load = await postLoad(ctx.harness, { url: system.postUrl('abtest'), token: ctx.token, connections, durationS, ...(rate ? { overallRate: rate } : {}) });
+    return { usPerReq: (processCpuMicros(pid) - before) / load.ok, rps: load.rps, bad: load.non2xx + load.errors };
+  };
+  // Warm-up: both JITs and the worker.
+  await slice(a, warmupS);
+  await slice(b, warmupS);
+  const results: { name: 'A' | 'B'; usPerReq: number; rps: number }[] = [];
+  for (let i = 0; i < slices; i++) {
+    const name = [0, 3].includes(i % 4) ? 'A' : 'B';
+    const { usPerReq, rps, bad } = await slice(name === 'A' ? a : b, sliceS);
+    if (bad > 0) throw new Error(`${name}: ${bad} answers were not 2xx`);
+    results.push({ name, usPerReq, rps });
+    ctx.log(`  slice ${i + 1} ${name}  ${fmt(Math.round(rps))} req/s  API CPU ${usPerReq.toFixed(1)} µs/req`);
+  }
+  const ratios: number[] = [];
+  for (let i = 0; i + 1 < results.length; i += 2) {
+    const [first, second] = [results[i]!, results[i + 1]!];
+    const [ra, rb] = first.name === 'A' ? [first, second] : [second, first];
+    ratios.push(rb.usPerReq / ra.usPerReq);
+  }
+  const of = (name: string) => results.filter((r) => r.name === name);
+  const summary = {
+    aUsPerReq: median(of('A').map((r) => r.usPerReq)),
+    bUsPerReq: median(of('B').map((r) => r.usPerReq)),
+    aRps: median(of('A').map((r) => r.rps)),
+    bRps: median(of('B').map((r) => r.rps)),
+    ratio: median(ratios),
+    ratios,
+  };
+  ctx.log(
+    `API CPU µs/req, medians: A ${summary.aUsPerReq.toFixed(1)}, B ${summary.bUsPerReq.toFixed(1)}; B/A ${summary.ratio.toFixed(3)}` +
+      ` (pairs ${ratios.map((r) => r.toFixed(2)).join(', ')}); req/s A ${fmt(Math.round(summary.aRps))}, B ${fmt(Math.round(summary.bRps))}`,
+  );
+  return { aEnv, bEnv, slices, sliceS, results, summary };
+});
