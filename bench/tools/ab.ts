@@ -1,21 +1,26 @@
-import { processCpuMicros } from '../lib/harness.js';
+import { execFileSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { REPO_ROOT, processCpuMicros } from '../lib/harness.js';
 import { postLoad } from '../lib/load.js';
-import { intFlag, parseFlags, runSession } from '../lib/session.js';
+import { buildRevision, intFlag, parseFlags, runSession } from '../lib/session.js';
 import { fmt } from '../lib/stats.js';
 import { startSystem, type System } from '../lib/systems.js';
 
 /**
  * An investigation tool, not a target: what one change costs the API per accepted create.
- *   npx tsx bench/tools/ab.ts [--a-env K=V ...] [--b-env K=V ...] [--slices 16] [--slice-s 3]
- * Two API processes of the same build, A and B, each with its own extra environment, share one
- * Redis and one worker. The create load (POST {}, c=64) goes to one of them at a time, in short
- * slices ordered A B B A A B B A …, so that whatever the machine does meanwhile falls on both
- * alike. Each slice's figure is the API's CPU (/proc) per 201 over the slice; each adjacent A-B
- * pair gives a ratio B/A, and the report gives their median and spread.
+ *   npx tsx bench/tools/ab.ts [--a-env K=V ...] [--b-env K=V ...] [--b-ref REV] [--slices 16] [--slice-s 3]
+ * Two API processes, A and B, share one Redis and one worker: both of the work tree's build,
+ * each with its own extra environment, or B of the committed revision REV (`--b-ref`). The
+ * create load (POST {}, c=64) goes to one of them at a time, in short slices ordered
+ * A B B A A B B A …, so that whatever the machine does meanwhile falls on both alike. Each
+ * slice's figure is the API's CPU (/proc) per 201 over the slice; each adjacent A-B pair gives
+ * a ratio B/A, and the report gives their median and spread.
  */
 const USAGE = `npx tsx bench/tools/ab.ts [flags]
   --a-env KEY=VALUE    extra environment of API A (repeatable)
   --b-env KEY=VALUE    extra environment of API B (repeatable)
+  --b-ref REV          API B runs the committed revision REV (built apart), A the work tree
   --slices N           load slices in all, half on each (default 16)
   --slice-s S          seconds per slice (default 3)
   --concurrency N      HTTP connections (default 64)
@@ -25,6 +30,7 @@ const values = parseFlags(
   {
     'a-env': { type: 'string', multiple: true },
     'b-env': { type: 'string', multiple: true },
+    'b-ref': { type: 'string' },
     slices: { type: 'string' },
     'slice-s': { type: 'string' },
     concurrency: { type: 'string' },
@@ -49,9 +55,17 @@ const median = (xs: number[]) => {
 };
 
 runSession(values, { results: 'ab', defaultRetries: 0 }, async (ctx) => {
-  ctx.log(`\n== A/B: API A env ${JSON.stringify(aEnv)}, API B env ${JSON.stringify(bEnv)}; ${slices} slices of ${sliceS} s at c=${connections}${rate ? `, ${rate} req/s` : ''} ==`);
+  const bRef = values['b-ref'];
+  let bEntry: typeof ctx.serviceEntry | undefined;
+  if (bRef) {
+    const root = join(REPO_ROOT, 'node_modules', '.cache', `cops-bench-ab-${process.pid}`);
+    ctx.harness.onCleanup(() => rmSync(root, { recursive: true, force: true }));
+    bEntry = buildRevision(bRef, root);
+  }
+  const bName = bRef ? `git ${execFileSync('git', ['rev-parse', '--short', bRef], { cwd: REPO_ROOT, encoding: 'utf8' }).trim()}` : 'the work tree';
+  ctx.log(`\n== A/B: API A the work tree, env ${JSON.stringify(aEnv)}; API B ${bName}, env ${JSON.stringify(bEnv)}; ${slices} slices of ${sliceS} s at c=${connections}${rate ? `, ${rate} req/s` : ''} ==`);
   const a = await startSystem(ctx, 'service', { env: aEnv, label: 'A' });
-  const b = await startSystem(ctx, 'service', { env: bEnv, label: 'B', worker: false });
+  const b = await startSystem(ctx, 'service', { env: bEnv, label: 'B', worker: false, ...(bEntry ? { entry: bEntry } : {}) });
   const slice = async (system: System, durationS: number) => {
     const pid = system.api!.pid;
     const before = processCpuMicros(pid);
@@ -88,5 +102,5 @@ runSession(values, { results: 'ab', defaultRetries: 0 }, async (ctx) => {
     `API CPU µs/req, medians: A ${summary.aUsPerReq.toFixed(1)}, B ${summary.bUsPerReq.toFixed(1)}; B/A ${summary.ratio.toFixed(3)}` +
       ` (pairs ${ratios.map((r) => r.toFixed(2)).join(', ')}); req/s A ${fmt(Math.round(summary.aRps))}, B ${fmt(Math.round(summary.bRps))}`,
   );
-  return { aEnv, bEnv, slices, sliceS, results, summary };
+  return { aEnv, bEnv, bRef, slices, sliceS, results, summary };
 });
