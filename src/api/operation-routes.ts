@@ -23,7 +23,7 @@ const preferenceApplied = {
  * RFC 7240's wait preference, on the create and the GET. Documented as a plain OpenAPI
  * parameter, not validated as a zod header schema: the handlers read the one header they need
  * (an invalid value is ignored, as RFC 7240 asks), and a header validator would make Hono
- * gather every request header into an object first, which cost about 15% of the API's CPU per
+ * gather every request header into an object first, which cost about 16% of the API's CPU per
  * create (bench/README.md, "What made the difference").
  */
 const preferHeader = {
