@@ -1,9 +1,5 @@
-import { execFileSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
-import { join } from 'node:path';
-import { REPO_ROOT } from './lib/harness.js';
 import { printTable, type SummaryRow } from './lib/report.js';
-import { buildRevision, intFlag, parseFlags, runSession } from './lib/session.js';
+import { buildComparedRevision, intFlag, parseFlags, runSession } from './lib/session.js';
 import { fmt } from './lib/stats.js';
 import type { BenchContext } from './lib/systems.js';
 import { acceptScenario, type AcceptOutcome, type RefBuild } from './scenarios/accept.js';
@@ -112,12 +108,7 @@ async function runScenarios(ctx: BenchContext): Promise<Record<string, unknown>>
   if (filesProblem) log(`waits left out: ${filesProblem}`);
   let ref: RefBuild | undefined;
   if (options.compare && (selected.has('accept') || selected.has('e2e'))) {
-    // Under node_modules like --ref's build, in a directory of this process's own: another
-    // session's bench may be building or running its own revision meanwhile.
-    const root = join(REPO_ROOT, 'node_modules', '.cache', `cops-bench-compare-${process.pid}`);
-    ctx.harness.onCleanup(() => rmSync(root, { recursive: true, force: true }));
-    const commit = execFileSync('git', ['rev-parse', '--short', options.compare], { cwd: REPO_ROOT, encoding: 'utf8' }).trim();
-    ref = { rev: commit.startsWith(options.compare) ? commit : `${options.compare} (${commit})`, entry: buildRevision(options.compare, root) };
+    ref = buildComparedRevision(ctx, options.compare);
     log(`ref: git ${ref.rev}, run as 'ref' next to the service in accept and e2e`);
   }
 

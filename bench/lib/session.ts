@@ -111,16 +111,7 @@ export function runSession(values: SessionValues, options: SessionOptions, run: 
   };
   const maxOtherLoadPct = intFlag('max-other-load', values['max-other-load'], 25);
   const retries = values.retries === '0' ? 0 : intFlag('retries', values.retries, options.defaultRetries);
-  const serviceEnv = Object.fromEntries(
-    (values.env ?? []).map((pair) => {
-      const at = pair.indexOf('=');
-      if (at <= 0) {
-        process.stderr.write(`--env takes KEY=VALUE, not '${pair}'\n`);
-        process.exit(2);
-      }
-      return [pair.slice(0, at), pair.slice(at + 1)];
-    }),
-  ) as Record<string, string>;
+  const serviceEnv = envFlag('env', values.env);
   const serviceFrom = values.src ? 'src' : values.ref ? `git ${values.ref}` : 'work tree';
 
   const harness = new Harness();
@@ -216,6 +207,33 @@ export function runSession(values: SessionValues, options: SessionOptions, run: 
       void shutdown(1);
     },
   );
+}
+
+/** The KEY=VALUE pairs of a repeatable flag as an environment; exits 2 on a pair without a key. */
+export function envFlag(name: string, pairs: string[] | undefined): Record<string, string> {
+  return Object.fromEntries(
+    (pairs ?? []).map((pair) => {
+      const at = pair.indexOf('=');
+      if (at <= 0) {
+        process.stderr.write(`--${name} takes KEY=VALUE, not '${pair}'\n`);
+        process.exit(2);
+      }
+      return [pair.slice(0, at), pair.slice(at + 1)];
+    }),
+  );
+}
+
+/**
+ * Builds the committed revision `rev` to run beside the work tree's build in one session
+ * (`npm run bench --compare`, `bench/tools/ab.ts --b-ref`): under node_modules like --ref's
+ * build, in a directory of this process's own (another session's bench may be building or
+ * running its own revision meanwhile), removed at the end. `rev` is described with its commit.
+ */
+export function buildComparedRevision(ctx: BenchContext, rev: string): { rev: string; entry: BenchContext['serviceEntry'] } {
+  const root = join(REPO_ROOT, 'node_modules', '.cache', `cops-bench-compare-${process.pid}`);
+  ctx.harness.onCleanup(() => rmSync(root, { recursive: true, force: true }));
+  const commit = execFileSync('git', ['rev-parse', '--short', rev], { cwd: REPO_ROOT, encoding: 'utf8' }).trim();
+  return { rev: commit.startsWith(rev) ? commit : `${rev} (${commit})`, entry: buildRevision(rev, root) };
 }
 
 /** The bench Redis's persistence flags for --aof. */

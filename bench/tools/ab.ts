@@ -1,10 +1,7 @@
-import { execFileSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
-import { join } from 'node:path';
-import { REPO_ROOT, processCpuMicros } from '../lib/harness.js';
+import { processCpuMicros } from '../lib/harness.js';
 import { postLoad } from '../lib/load.js';
-import { buildRevision, intFlag, parseFlags, runSession } from '../lib/session.js';
-import { fmt } from '../lib/stats.js';
+import { buildComparedRevision, envFlag, intFlag, parseFlags, runSession } from '../lib/session.js';
+import { fmt, median } from '../lib/stats.js';
 import { startSystem, type System } from '../lib/systems.js';
 
 /**
@@ -39,33 +36,21 @@ const values = parseFlags(
   },
   USAGE,
 );
-const envOf = (pairs: string[] | undefined) => Object.fromEntries((pairs ?? []).map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]));
-const aEnv = envOf(values['a-env']);
-const bEnv = envOf(values['b-env']);
+const aEnv = envFlag('a-env', values['a-env']);
+const bEnv = envFlag('b-env', values['b-env']);
 const slices = intFlag('slices', values.slices, 16);
 const sliceS = intFlag('slice-s', values['slice-s'], 3);
 const connections = intFlag('concurrency', values.concurrency, 64);
 const rate = values.rate ? intFlag('rate', values.rate, 0) : undefined;
 const warmupS = intFlag('warmup-s', values['warmup-s'], 10);
 
-const median = (xs: number[]) => {
-  const sorted = [...xs].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-};
-
 runSession(values, { results: 'ab', defaultRetries: 0 }, async (ctx) => {
   const bRef = values['b-ref'];
-  let bEntry: typeof ctx.serviceEntry | undefined;
-  if (bRef) {
-    const root = join(REPO_ROOT, 'node_modules', '.cache', `cops-bench-ab-${process.pid}`);
-    ctx.harness.onCleanup(() => rmSync(root, { recursive: true, force: true }));
-    bEntry = buildRevision(bRef, root);
-  }
-  const bName = bRef ? `git ${execFileSync('git', ['rev-parse', '--short', bRef], { cwd: REPO_ROOT, encoding: 'utf8' }).trim()}` : 'the work tree';
+  const bBuild = bRef ? buildComparedRevision(ctx, bRef) : undefined;
+  const bName = bBuild ? `git ${bBuild.rev}` : 'the work tree';
   ctx.log(`\n== A/B: API A the work tree, env ${JSON.stringify(aEnv)}; API B ${bName}, env ${JSON.stringify(bEnv)}; ${slices} slices of ${sliceS} s at c=${connections}${rate ? `, ${rate} req/s` : ''} ==`);
   const a = await startSystem(ctx, 'service', { env: aEnv, label: 'A' });
-  const b = await startSystem(ctx, 'service', { env: bEnv, label: 'B', worker: false, ...(bEntry ? { entry: bEntry } : {}) });
+  const b = await startSystem(ctx, 'service', { env: bEnv, label: 'B', worker: false, ...(bBuild ? { entry: bBuild.entry } : {}) });
   const slice = async (system: System, durationS: number) => {
     const pid = system.api!.pid;
     const before = processCpuMicros(pid);

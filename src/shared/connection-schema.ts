@@ -52,12 +52,13 @@ export type SchemaValidation = { valid: true; schema: ConnectionSchema } | { val
 
 const SCHEMA_ODATA_TYPE = '#microsoft.graph.externalConnectors.schema';
 /** The annotation as SDKs write it, and as Graph's own examples write it, without the #. */
-const SCHEMA_ODATA_TYPES = new Set<unknown>([SCHEMA_ODATA_TYPE, SCHEMA_ODATA_TYPE.slice(1)]);
+const SCHEMA_ODATA_TYPE_SPELLINGS = [SCHEMA_ODATA_TYPE, SCHEMA_ODATA_TYPE.slice(1)] as const;
+const SCHEMA_ODATA_TYPES = new Set<unknown>(SCHEMA_ODATA_TYPE_SPELLINGS);
 
 /** The shape of a schema as zod, for the OpenAPI document only: the rules (validateSchema) decide
  *  what is accepted, so that every refusal names its rule. */
 const documentedShape = z.object({
-  '@odata.type': z.enum([SCHEMA_ODATA_TYPE, SCHEMA_ODATA_TYPE.slice(1)]).optional(),
+  '@odata.type': z.enum(SCHEMA_ODATA_TYPE_SPELLINGS).optional(),
   baseType: z.literal('microsoft.graph.externalItem'),
   properties: z
     .array(
