@@ -9,7 +9,7 @@ import { batchRoutes } from './batch.js';
 import { CONNECTION_ROUTES } from './connection-routes.js';
 import { connectionRoutes } from './connections.js';
 import type { AppDeps, AppEnv } from './env.js';
-import { GraphError, badRequest, graphErrorResponse } from './errors.js';
+import { GraphError, graphErrorResponse, malformedJson, unsupportedMediaType } from './errors.js';
 import { observeRequests } from './observe-requests.js';
 import { openApiRoutes } from './openapi.js';
 import { OPERATION_ROUTES } from './operation-routes.js';
@@ -103,10 +103,8 @@ function authenticate(auth: Authenticator): MiddlewareHandler<AppEnv> {
  *  Graph error a client of this API expects. */
 function graphErrorOf(error: HTTPException, contentType: string | undefined, challenge: string | null): GraphError {
   const status = error.status;
-  if (status === 415) {
-    return new GraphError(415, 'unsupportedMediaType', `Content-Type must be application/json, not '${contentType ?? 'none'}'.`);
-  }
-  if (status === 400 && /malformed json/i.test(error.message)) return badRequest('The request body is not valid JSON.');
+  if (status === 415) return unsupportedMediaType(contentType);
+  if (status === 400 && /malformed json/i.test(error.message)) return malformedJson();
   const code = status === 401 ? 'unauthenticated' : status === 413 ? 'requestEntityTooLarge' : 'badRequest';
   // Basic auth refuses with no message of its own: only the dashboard asks for it.
   const message =

@@ -1,4 +1,4 @@
-import type { MiddlewareHandler } from 'hono';
+import type { Context, MiddlewareHandler } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { GraphError } from './errors.js';
 
@@ -32,10 +32,14 @@ export const limitBody = limitBodyTo(MAX_BODY_BYTES);
  * decode request bodies, and reading a gzip body as JSON would fail, or accept a body that is
  * labelled compressed but is not. One header read; a request without the header goes on.
  */
-export const refuseContentEncoding: MiddlewareHandler = async (c, next) => {
+export function refuseEncodedBody(c: Context): void {
   const coding = c.req.header('content-encoding')?.trim();
   if (coding && coding.toLowerCase() !== 'identity') {
     throw new GraphError(415, 'unsupportedMediaType', `Content-Encoding '${coding}' is not supported; send the body uncompressed (identity).`);
   }
+}
+
+export const refuseContentEncoding: MiddlewareHandler = async (c, next) => {
+  refuseEncodedBody(c);
   await next();
 };

@@ -32,6 +32,9 @@ export interface GraphErrorDetail {
 export const UNAVAILABLE_RETRY_AFTER_SECONDS = 1;
 
 export const badRequest = (message: string) => new GraphError(400, 'badRequest', message);
+export const unsupportedMediaType = (contentType: string | undefined) =>
+  new GraphError(415, 'unsupportedMediaType', `Content-Type must be application/json, not '${contentType ?? 'none'}'.`);
+export const malformedJson = () => badRequest('The request body is not valid JSON.');
 export const notFound = (message: string) => new GraphError(404, 'itemNotFound', message);
 export const serviceUnavailable = (message: string) =>
   new GraphError(503, 'serviceNotAvailable', message, { 'Retry-After': String(UNAVAILABLE_RETRY_AFTER_SECONDS) });

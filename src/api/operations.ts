@@ -12,7 +12,9 @@ import {
   createOperationRoute,
   getOperationRoute,
   listOperationsRoute,
+  onlyRefSegment,
 } from './operation-routes.js';
+import { createGuards, readCreateRequest } from './create-request.js';
 import { operationStream } from './operation-stream.js';
 import { holdUntilEnded } from './operation-watch.js';
 import { preferredWaitSeconds } from './prefer.js';
@@ -56,9 +58,12 @@ export function operationRoutes({ store, creates, watch, config, log, metrics }:
     const location = `${publicBaseUrl(c, config)}${c.req.path.replace(/\/(\$|%24)ref$/, '')}/${ref.operationId}`;
     return answerOperation(c, ref, operation, 201, { Location: location });
   };
-  for (const route of [createOperationRoute, createOperationRefRoute]) {
-    routes.openapi(route, (c) => create(c, c.req.valid('param').connectionId, c.req.valid('json').id));
-  }
+  const createHandler = async (c: Context<AppEnv>) => {
+    const { connectionId, id } = await readCreateRequest(c);
+    return create(c, connectionId, id);
+  };
+  routes.post(createOperationRoute.getRoutingPath(), createGuards, createHandler);
+  routes.post(createOperationRefRoute.getRoutingPath(), onlyRefSegment, createGuards, createHandler);
 
   routes.openapi(listOperationsRoute, async (c) => {
     const { connectionId } = c.req.valid('param');

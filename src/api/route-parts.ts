@@ -1,8 +1,8 @@
 import { z } from '@hono/zod-openapi';
-import type { MiddlewareHandler } from 'hono';
+import type { Context, MiddlewareHandler } from 'hono';
 import { CONNECTION_ID_RULE, isValidConnectionId } from '../shared/operation.js';
 import type { AppEnv } from './env.js';
-import { GraphError } from './errors.js';
+import { GraphError, badRequest } from './errors.js';
 import { graphErrorSchema } from './schemas.js';
 
 /** What the route descriptions of connections and of operations share. */
@@ -13,9 +13,11 @@ export const json = <T extends z.ZodType>(schema: T, description: string) => ({
 });
 export const error = (description: string) => json(graphErrorSchema, description);
 
+export const invalidConnectionId = (id: unknown) => badRequest(`Invalid connection id '${String(id)}'. ${CONNECTION_ID_RULE}`);
+
 export const connectionIdParam = z
   .string()
-  .refine(isValidConnectionId, { error: (issue) => `Invalid connection id '${String(issue.input)}'. ${CONNECTION_ID_RULE}` })
+  .refine(isValidConnectionId, { error: (issue) => invalidConnectionId(issue.input).message })
   .meta({ description: CONNECTION_ID_RULE, example: 'contosohr' });
 
 export const retryAfter = {
@@ -32,7 +34,7 @@ export const authErrors = {
 };
 
 /** Changing anything needs a write permission: checked before anything about the request is. */
-export const requireWrite: MiddlewareHandler<AppEnv> = async (c, next) => {
+export function refuseUnlessWriter(c: Context<AppEnv>): void {
   if (!c.get('principal').canWrite) {
     throw new GraphError(
       403,
@@ -40,5 +42,9 @@ export const requireWrite: MiddlewareHandler<AppEnv> = async (c, next) => {
       'Creating, changing or deleting connections and operations needs ExternalConnection.ReadWrite.OwnedBy or ExternalConnection.ReadWrite.All.',
     );
   }
+}
+
+export const requireWrite: MiddlewareHandler<AppEnv> = async (c, next) => {
+  refuseUnlessWriter(c);
   await next();
 };
