@@ -9,7 +9,7 @@ import { batchRoutes } from './batch.js';
 import { CONNECTION_ROUTES } from './connection-routes.js';
 import { connectionRoutes } from './connections.js';
 import type { AppDeps, AppEnv } from './env.js';
-import { GraphError, graphErrorResponse, malformedJson, unsupportedMediaType } from './errors.js';
+import { GraphError, graphErrorOfHttpException, graphErrorResponse } from './errors.js';
 import { observeRequests } from './observe-requests.js';
 import { openApiRoutes } from './openapi.js';
 import { OPERATION_ROUTES } from './operation-routes.js';
@@ -69,7 +69,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     // HTTPException: the same Graph body, with its status and challenge header.
     if (error instanceof HTTPException) {
       const challenge = error.getResponse().headers.get('www-authenticate');
-      return graphErrorResponse(c, graphErrorOf(error, c.req.header('content-type'), challenge));
+      return graphErrorResponse(c, graphErrorOfHttpException(error, c.req.header('content-type'), challenge));
     }
     if (error instanceof GraphError) {
       if (error.status >= 500) deps.log.warn({ err: error.cause ?? error, requestId: c.get('requestId') }, error.message);
@@ -97,21 +97,6 @@ function authenticate(auth: Authenticator): MiddlewareHandler<AppEnv> {
     c.set('principal', principal);
     await next();
   };
-}
-
-/** Hono's own HTTPExceptions (basic auth on /admin/queues, the request validators), as the
- *  Graph error a client of this API expects. */
-function graphErrorOf(error: HTTPException, contentType: string | undefined, challenge: string | null): GraphError {
-  const status = error.status;
-  if (status === 415) return unsupportedMediaType(contentType);
-  if (status === 400 && /malformed json/i.test(error.message)) return malformedJson();
-  const code = status === 401 ? 'unauthenticated' : status === 413 ? 'requestEntityTooLarge' : 'badRequest';
-  // Basic auth refuses with no message of its own: only the dashboard asks for it.
-  const message =
-    status === 401 && challenge?.startsWith('Basic')
-      ? 'The admin dashboard needs Basic credentials: the ADMIN_USER and ADMIN_PASSWORD the service was started with.'
-      : error.message || 'The request was refused.';
-  return new GraphError(status, code, message, challenge ? { 'WWW-Authenticate': challenge } : {});
 }
 
 /** Each Graph route as a pattern over a whole path (any prefix and family), and its method.

@@ -1,4 +1,5 @@
 import type { Context } from 'hono';
+import type { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { AppEnv } from './env.js';
 import { jsonResponse } from './respond.js';
@@ -58,4 +59,19 @@ export function graphErrorResponse(c: Context<AppEnv>, error: GraphError): Respo
   if (typeof clientRequestId === 'string') innerError['client-request-id'] = clientRequestId;
   const details = error.inner.details ? { details: error.inner.details } : {};
   return jsonResponse(c, { error: { code: error.code, message: error.message, ...details, innerError } }, error.status, error.headers);
+}
+
+/** Hono's own HTTPExceptions (basic auth on /admin/queues, the request validators), as the
+ *  Graph error a client of this API expects. */
+export function graphErrorOfHttpException(error: HTTPException, contentType: string | undefined, challenge: string | null): GraphError {
+  const status = error.status;
+  if (status === 415) return unsupportedMediaType(contentType);
+  if (status === 400 && /malformed json/i.test(error.message)) return malformedJson();
+  const code = status === 401 ? 'unauthenticated' : status === 413 ? 'requestEntityTooLarge' : 'badRequest';
+  // Basic auth refuses with no message of its own: only the dashboard asks for it.
+  const message =
+    status === 401 && challenge?.startsWith('Basic')
+      ? 'The admin dashboard needs Basic credentials: the ADMIN_USER and ADMIN_PASSWORD the service was started with.'
+      : error.message || 'The request was refused.';
+  return new GraphError(status, code, message, challenge ? { 'WWW-Authenticate': challenge } : {});
 }
