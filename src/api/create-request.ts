@@ -10,7 +10,7 @@ import { invalidConnectionId, refuseUnlessWriter } from './route-parts.js';
  * one function rather than through @hono/zod-openapi's route middleware and validators. The
  * create is the hot path, and those are seven layers (three guards, the path's validator, the
  * media type gate, the optional body's gate and its validator), each an async step with its
- * own reads of the Content-Type; fused, the API spends about 10% less CPU per create
+ * own reads of the Content-Type; fused, the API spends about 9% less CPU per create
  * (bench/README.md, "Where the API's CPU per create goes"). The route description
  * (operation-routes.ts) still documents the route and gives the 405's Allow; the checks here
  * use its schemas and answer what the validators answer on the other routes
