@@ -6,9 +6,10 @@ import { startSystem, type System } from '../lib/systems.js';
 
 /**
  * An investigation tool, not a target: what one change costs the API per accepted create.
- *   npx tsx bench/tools/ab.ts [--a-env K=V ...] [--b-env K=V ...] [--b-ref REV] [--slices 16] [--slice-s 3]
+ *   npx tsx bench/tools/ab.ts [--a-env K=V ...] [--b-env K=V ...] [--b-ref REV | --b-bare] [--slices 16] [--slice-s 3]
  * Two API processes, A and B, share one Redis and one worker: both of the work tree's build,
- * each with its own extra environment, or B of the committed revision REV (`--b-ref`). The
+ * each with its own extra environment, or B of the committed revision REV (`--b-ref`), or B the
+ * bare Hono baseline (`--b-bare`: what HTTP alone costs, at the same rate with `--rate`). The
  * create load (POST {}, c=64) goes to one of them at a time, in short slices ordered
  * A B B A A B B A …, so that whatever the machine does meanwhile falls on both alike. Each
  * slice's figure is the API's CPU (/proc) per 201 over the slice; each adjacent A-B pair gives
@@ -18,6 +19,7 @@ const USAGE = `npx tsx bench/tools/ab.ts [flags]
   --a-env KEY=VALUE    extra environment of API A (repeatable)
   --b-env KEY=VALUE    extra environment of API B (repeatable)
   --b-ref REV          API B runs the committed revision REV (built apart), A the work tree
+  --b-bare             B is the bare Hono baseline (HTTP alone), not the service
   --slices N           load slices in all, half on each (default 16)
   --slice-s S          seconds per slice (default 3)
   --concurrency N      HTTP connections (default 64)
@@ -28,6 +30,7 @@ const values = parseFlags(
     'a-env': { type: 'string', multiple: true },
     'b-env': { type: 'string', multiple: true },
     'b-ref': { type: 'string' },
+    'b-bare': { type: 'boolean' },
     slices: { type: 'string' },
     'slice-s': { type: 'string' },
     concurrency: { type: 'string' },
@@ -46,11 +49,15 @@ const warmupS = intFlag('warmup-s', values['warmup-s'], 10);
 
 runSession(values, { results: 'ab', defaultRetries: 0 }, async (ctx) => {
   const bRef = values['b-ref'];
+  const bBare = values['b-bare'] === true;
+  if (bBare && (bRef || Object.keys(bEnv).length > 0)) throw new Error('--b-bare takes neither --b-ref nor --b-env');
   const bBuild = bRef ? buildComparedRevision(ctx, bRef) : undefined;
-  const bName = bBuild ? `git ${bBuild.rev}` : 'the work tree';
+  const bName = bBare ? 'the bare Hono baseline' : bBuild ? `git ${bBuild.rev}` : 'the work tree';
   ctx.log(`\n== A/B: API A the work tree, env ${JSON.stringify(aEnv)}; API B ${bName}, env ${JSON.stringify(bEnv)}; ${slices} slices of ${sliceS} s at c=${connections}${rate ? `, ${rate} req/s` : ''} ==`);
   const a = await startSystem(ctx, 'service', { env: aEnv, label: 'A' });
-  const b = await startSystem(ctx, 'service', { env: bEnv, label: 'B', worker: false, ...(bBuild ? { entry: bBuild.entry } : {}) });
+  const b = bBare
+    ? await startSystem(ctx, 'bare', { label: 'B', worker: false })
+    : await startSystem(ctx, 'service', { env: bEnv, label: 'B', worker: false, ...(bBuild ? { entry: bBuild.entry } : {}) });
   const slice = async (system: System, durationS: number) => {
     const pid = system.api!.pid;
     const before = processCpuMicros(pid);
@@ -87,5 +94,5 @@ runSession(values, { results: 'ab', defaultRetries: 0 }, async (ctx) => {
     `API CPU µs/req, medians: A ${summary.aUsPerReq.toFixed(1)}, B ${summary.bUsPerReq.toFixed(1)}; B/A ${summary.ratio.toFixed(3)}` +
       ` (pairs ${ratios.map((r) => r.toFixed(2)).join(', ')}); req/s A ${fmt(Math.round(summary.aRps))}, B ${fmt(Math.round(summary.bRps))}`,
   );
-  return { aEnv, bEnv, bRef, slices, sliceS, results, summary };
+  return { aEnv, bEnv, bRef, bBare, slices, sliceS, results, summary };
 });
