@@ -25,7 +25,8 @@ interface Channel {
 export class Subscriber {
   private readonly channels = new Map<string, Channel>();
   private readonly resubscribed = new Set<() => void>();
-  private connectedOnce = false;
+  /** The connection closed since it was last ready: the next 'ready' is a reconnect. */
+  private lostSinceReady = false;
 
   constructor(
     private readonly client: RedisClient,
@@ -41,11 +42,14 @@ export class Subscriber {
       // A sharded subscriber (re)connected to a master: it subscribed its channels again.
       client.on('+subscriber', () => this.afterReconnect());
     } else {
+      // A connection that closed, whether or not it had ever been ready: a watcher may have
+      // registered while it was connecting, and what was published meanwhile reached nobody.
+      client.on('close', () => {
+        this.lostSinceReady = true;
+      });
       client.on('ready', () => {
-        if (!this.connectedOnce) {
-          this.connectedOnce = true;
-          return;
-        }
+        if (!this.lostSinceReady) return;
+        this.lostSinceReady = false;
         // ioredis sent the subscriptions again before 'ready'; a PING answered after them means
         // Redis has taken them, so a read made now misses nothing published from here on.
         client.ping().then(() => this.afterReconnect(), () => undefined);
