@@ -11,6 +11,7 @@ import { jwtAuthenticator } from '../src/api/jwt-auth.js';
 import { rateLimitPerTenant } from '../src/api/rate-limit.js';
 import { Metrics } from '../src/shared/metrics.js';
 import { createApiContext, silentLog, type ApiContext } from './support/context.js';
+import { monitorRedis } from './support/monitor.js';
 
 let ctx: ApiContext;
 beforeEach(async () => {
@@ -47,7 +48,7 @@ describe('POST operations', () => {
   });
 
   it('carries creates of one tick in one job, and answers each on its own', async () => {
-    const batcher = new CreateBatcher(ctx.store, ctx.queue, silentLog);
+    const batcher = new CreateBatcher(ctx.store, ctx.queue, silentLog, { jobFollowsRecords: true });
     const tenantId = '11111111-1111-4111-8111-111111111111';
     const refs = [
       { tenantId, connectionId: 'contosohr', operationId: 'same-tick-1' },
@@ -66,6 +67,33 @@ describe('POST operations', () => {
     const tenantId = '11111111-1111-4111-8111-111111111111';
     const ref = (operationId: string) => ({ tenantId, connectionId: 'contosohr', operationId });
     const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
+
+    it('makes every batch job takeable only after each record it carries is written, and names each operation in it once', async () => {
+      // MONITOR lists, in the order Redis runs them, the commands of every client, those that
+      // scripts call included: the records' HSETs and the job's push onto its queue's wait list.
+      const monitor = await monitorRedis(ctx.config.REDIS_URL);
+      const { commands } = monitor;
+      const batcher = new CreateBatcher(ctx.store, ctx.queue, silentLog, { jobFollowsRecords: true });
+      const ids = Array.from({ length: 60 }, (_, i) => `follow-${i}`);
+      // Three batches, two connections, and an id given twice in the first batch.
+      const refs = [...ids.slice(0, 5).map(ref), ref('follow-1'), ...ids.slice(5).map(ref), { tenantId, connectionId: 'otherconn', operationId: 'follow-x' }];
+      const answers = await Promise.all(refs.map((r) => batcher.create(r)));
+      expect(answers.filter((answer) => answer.result === 'created')).toHaveLength(61);
+      const jobIds = [...new Set(await Promise.all(refs.map((r) => ctx.store.batchJobOf(r))))] as string[];
+      expect(jobIds).toHaveLength(3);
+      const pushed = (jobId: string) => commands.findIndex((command) => /^lpush \S+:wait /i.test(command) && command.endsWith(jobId));
+      await vi.waitFor(() => {
+        for (const jobId of jobIds) expect(pushed(jobId)).toBeGreaterThanOrEqual(0);
+      });
+      monitor.stop();
+      for (const jobId of jobIds) {
+        const records = commands.flatMap((command, i) => (/^hset \S+:o:/i.test(command) && command.includes(` j ${jobId}`) ? [i] : []));
+        expect(records.length, jobId).toBeGreaterThanOrEqual(1);
+        expect(pushed(jobId), jobId).toBeGreaterThan(Math.max(...records));
+      }
+      const jobData = commands.filter((command) => /^hmset /i.test(command) && jobIds.some((jobId) => command.includes(`${jobId} name`))).join('\n');
+      for (const id of [...ids, 'follow-x']) expect(jobData.split(`"operationId":"${id}"`).length - 1, id).toBe(1);
+    });
 
     /** The real store, with each createMany call recorded and held until released. */
     function heldStore() {
@@ -86,7 +114,7 @@ describe('POST operations', () => {
 
     it('sends a full batch at once and gathers the creates behind it until it is written', async () => {
       const held = heldStore();
-      const batcher = new CreateBatcher(held.store, ctx.queue, silentLog, 60_000);
+      const batcher = new CreateBatcher(held.store, ctx.queue, silentLog, { maxWaitMs: 60_000 });
       const answers = Array.from({ length: 27 }, (_, i) => batcher.create(ref(`full-${i}`)));
       await nextTurn();
       expect(held.calls.map((ids) => ids.length)).toEqual([25]);
@@ -100,7 +128,7 @@ describe('POST operations', () => {
 
     it('waits at most maxWaitMs for a commit in flight', async () => {
       const held = heldStore();
-      const batcher = new CreateBatcher(held.store, ctx.queue, silentLog, 5);
+      const batcher = new CreateBatcher(held.store, ctx.queue, silentLog, { maxWaitMs: 5 });
       const first = batcher.create(ref('slow-first'));
       await nextTurn();
       const second = batcher.create(ref('slow-second'));
@@ -444,7 +472,7 @@ describe('every response', () => {
   function appWith(parts: Partial<Pick<AppDeps, 'rateLimit' | 'metrics' | 'admin'>>): Hono<AppEnv> {
     const deps: AppDeps = {
       store: ctx.store,
-      creates: new CreateBatcher(ctx.store, ctx.queue, silentLog),
+      creates: new CreateBatcher(ctx.store, ctx.queue, silentLog, { jobFollowsRecords: true }),
       connections: ctx.connections,
       queue: ctx.queue,
       watch: ctx.watch,

@@ -38,7 +38,7 @@ beforeAll(async () => {
   const log = pino({ level: 'debug' }, { write: (line: string) => lines.push(JSON.parse(line) as LogLine) });
   const app = createApp({
     store: ctx.store,
-    creates: new CreateBatcher(ctx.store, ctx.queue, log),
+    creates: new CreateBatcher(ctx.store, ctx.queue, log, { jobFollowsRecords: true }),
     connections: ctx.connections,
     queue: ctx.queue,
     watch: ctx.watch,

@@ -158,7 +158,7 @@ describe('the Bull Board dashboard', () => {
     const { jwtAuthenticator } = await import('../src/api/jwt-auth.js');
     const app = createApp({
       store: context.store,
-      creates: new CreateBatcher(context.store, context.queue, silentLog),
+      creates: new CreateBatcher(context.store, context.queue, silentLog, { jobFollowsRecords: true }),
       connections: context.connections,
       queue: context.queue,
       watch: context.watch,

@@ -1,6 +1,6 @@
 import type { Logger } from '../shared/logger.js';
 import type { Operation, OperationRef } from '../shared/operation.js';
-import { groupByConnection } from '../shared/keys.js';
+import { connectionTag, groupByConnection } from '../shared/keys.js';
 import { newBatchJobId, type OperationQueue } from '../shared/queue.js';
 import { inprogressOperation, type CreateResult, type OperationStore } from '../shared/store.js';
 import { activeTraceparent, inBatchSpan, tracingOn } from '../shared/tracing.js';
@@ -42,9 +42,11 @@ const MAX_WAIT_MS = 20;
  * grows with the number of batches).
  *
  * Guarantees are those of single creates: each operation is stored atomically (a taken id is
- * `exists`, also within one batch); the 201 is answered only after the record is written; if
- * the job cannot be added, the operations stay in the inprogress index and the reconciler gives
- * each its own job. The records name their batch job, so the reconciler can tell it lives.
+ * `exists`, also within one batch); the 201 is answered only after the record is written and
+ * the job's add has answered; if the job cannot be added, the operations stay in the inprogress
+ * index and the reconciler gives each its own job. The records name their batch job, so the
+ * reconciler can tell it lives. On one Redis node the job is sent right behind the records
+ * (commit), and Redis runs it after them.
  */
 export class CreateBatcher implements OperationCreator {
   private pending: Pending[] = [];
@@ -53,13 +55,23 @@ export class CreateBatcher implements OperationCreator {
   /** Set while the partial batch waits for the commit in flight. */
   private waitTimer: NodeJS.Timeout | undefined;
   private commitsInFlight = 0;
+  private readonly maxWaitMs: number;
+  private readonly jobFollowsRecords: boolean;
 
+  /**
+   * `jobFollowsRecords`: the store and the queue write on one connection to one Redis node (as
+   * operationsFor wires them, not on a cluster), so a batch's job can be sent right behind its
+   * create scripts (commit).
+   */
   constructor(
     private readonly store: Pick<OperationStore, 'createMany'>,
     private readonly queue: Pick<OperationQueue, 'enqueueBatch'>,
     private readonly log: Logger,
-    private readonly maxWaitMs = MAX_WAIT_MS,
-  ) {}
+    { maxWaitMs = MAX_WAIT_MS, jobFollowsRecords = false }: { maxWaitMs?: number; jobFollowsRecords?: boolean } = {},
+  ) {
+    this.maxWaitMs = maxWaitMs;
+    this.jobFollowsRecords = jobFollowsRecords;
+  }
 
   create(ref: OperationRef): Promise<{ result: CreateResult; operation: Operation }> {
     return new Promise((resolve, reject) => {
@@ -103,40 +115,68 @@ export class CreateBatcher implements OperationCreator {
 
   private async commit(batch: Pending[]): Promise<void> {
     const jobId = newBatchJobId();
-    // One script per connection (each its own cluster slot), all in flight together.
-    const created: { entry: Pending; createdAt: number }[] = [];
     const byConnection = groupByConnection(batch.map((entry) => ({ ...entry.ref, entry }))).map((group) =>
       group.map(({ entry }) => entry),
     );
-    await Promise.all(
-      byConnection.map(async (entries) => {
-        try {
-          const { results, createdAt } = await this.store.createMany(
-            entries[0]!.ref,
-            entries.map((entry) => entry.ref.operationId),
-            jobId,
-            tracingOn() ? entries.map((entry) => entry.traceparent) : undefined,
-          );
-          entries.forEach((entry, i) => {
-            if (results[i] === 'created') created.push({ entry, createdAt });
-            else entry.resolve({ result: 'exists', operation: inprogressOperation(entry.ref.operationId, createdAt) });
-          });
-        } catch (error) {
-          for (const entry of entries) entry.reject(error);
-        }
-      }),
+    // One script per connection (each its own cluster slot), all written now, in flight together.
+    const creates = byConnection.map((entries) =>
+      this.store.createMany(
+        entries[0]!.ref,
+        entries.map((entry) => entry.ref.operationId),
+        jobId,
+        tracingOn() ? entries.map((entry) => entry.traceparent) : undefined,
+      ),
     );
-    if (created.length === 0) return;
-
-    try {
-      await this.queue.enqueueBatch(jobId, created.map(({ entry }) => entry.ref));
-    } catch (error) {
-      // The records are stored and sit in the inprogress index: the reconciler enqueues them, so
-      // the 201s below are promises that still hold.
-      this.log.warn({ err: error, jobId, operations: created.length }, 'enqueue failed; the reconciler will enqueue these operations');
-    }
+    // On one Redis node the job goes right behind the scripts, on the same connection: Redis runs
+    // them in that order, so no worker can take the job before its records exist, and the batch
+    // costs one round trip instead of two. The job carries every operation of the batch, each
+    // once, before knowing which were created: the claim skips one whose record is another job's
+    // (an id taken before), terminal, or missing (its create failed). On a cluster the job and
+    // the records are on different nodes, so there it waits for the records.
+    const enqueued = this.jobFollowsRecords ? this.enqueue(jobId, uniqueRefs(batch)) : undefined;
+    const created: { entry: Pending; createdAt: number }[] = [];
+    const outcomes = await Promise.allSettled(creates);
+    outcomes.forEach((outcome, group) => {
+      const entries = byConnection[group]!;
+      if (outcome.status === 'rejected') {
+        for (const entry of entries) entry.reject(outcome.reason);
+        return;
+      }
+      const { results, createdAt } = outcome.value;
+      entries.forEach((entry, i) => {
+        if (results[i] === 'created') created.push({ entry, createdAt });
+        else entry.resolve({ result: 'exists', operation: inprogressOperation(entry.ref.operationId, createdAt) });
+      });
+    });
+    if (enqueued) await enqueued;
+    else if (created.length > 0) await this.enqueue(jobId, created.map(({ entry }) => entry.ref));
     for (const { entry, createdAt } of created) {
       entry.resolve({ result: 'created', operation: inprogressOperation(entry.ref.operationId, createdAt) });
     }
   }
+
+  /** Adds the batch's job. If it cannot be added, the records are stored and sit in the
+   *  inprogress index: the reconciler enqueues them, so the 201s still hold. */
+  private async enqueue(jobId: string, refs: OperationRef[]): Promise<void> {
+    try {
+      await this.queue.enqueueBatch(jobId, refs);
+    } catch (error) {
+      this.log.warn({ err: error, jobId, operations: refs.length }, 'enqueue failed; the reconciler will enqueue these operations');
+    }
+  }
+}
+
+/** The batch's operations, each once (a batch may hold two creates of one id: the second is
+ *  `exists`, and a job carrying it twice would run a second attempt of it). */
+function uniqueRefs(batch: Pending[]): OperationRef[] {
+  const seen = new Set<string>();
+  const refs: OperationRef[] = [];
+  for (const { ref } of batch) {
+    const key = `${connectionTag(ref)}|${ref.operationId}`;
+    if (!seen.has(key)) {
+      seen.add(key);
+      refs.push(ref);
+    }
+  }
+  return refs;
 }

@@ -52,7 +52,9 @@ export async function startApi(config: Config, log: Logger, metrics: Metrics, sh
       : undefined;
   const app = createApp({
     store,
-    creates: new CreateBatcher(store, queue, log),
+    // A batch's job goes right behind its records on one Redis node; on a cluster they are on
+    // different nodes.
+    creates: new CreateBatcher(store, queue, log, { jobFollowsRecords: !redis.isCluster }),
     connections,
     queue,
     watch,

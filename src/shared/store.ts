@@ -112,6 +112,12 @@ export class OperationStore {
    * carry them ('' when each will have its own job), so the reconciler can tell whether that job
    * still lives. `traceparents`, when tracing is on, are the creates' trace contexts (one per
    * id), kept with the operations so that their processing continues each create's trace.
+   *
+   * The script is on its way to Redis when this returns its promise: written to the connection
+   * in the call (after the connection registry's ZADD, when one is due), and as EVAL with its
+   * source, not EVALSHA, whose NOSCRIPT reply would make it go again later. So a command sent
+   * on the same connection right after the call runs after the records are written:
+   * CreateBatcher sends a batch's job that way.
    */
   async createMany(
     connection: ConnectionRef,
@@ -120,14 +126,16 @@ export class OperationStore {
     traceparents?: (string | undefined)[],
   ): Promise<{ results: CreateResult[]; createdAt: number }> {
     const now = this.now();
-    await this.register(connection, now);
     const ids = traceparents ? operationIds.flatMap((id, i) => [id, traceparents[i] ?? '']) : operationIds;
-    const reply = (await scripts.create.run(
-      this.redis,
-      [this.keys.index(connection), this.keys.statusIndex(connection, 'inprogress')],
-      [now, this.keys.operationPrefix(connection), this.indexTtlMs, batchJobId, traceparents ? 'traced' : '', ...ids],
-    )) as number[];
-    return { results: reply.map((created) => (created === 1 ? 'created' : 'exists')), createdAt: now };
+    const [, reply] = await Promise.all([
+      this.register(connection, now),
+      scripts.create.runSource(
+        this.redis,
+        [this.keys.index(connection), this.keys.statusIndex(connection, 'inprogress')],
+        [now, this.keys.operationPrefix(connection), this.indexTtlMs, batchJobId, traceparents ? 'traced' : '', ...ids],
+      ),
+    ]);
+    return { results: (reply as number[]).map((created) => (created === 1 ? 'created' : 'exists')), createdAt: now };
   }
 
   /** The batch job recorded for an inprogress operation, if it was created in a batch. */

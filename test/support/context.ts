@@ -66,7 +66,7 @@ export async function createApiContextFor(config: Config) {
   const watch = new OperationWatch(store, subscriber, silentLog, 2000);
   const app = createApp({
     store,
-    creates: new CreateBatcher(store, queue, silentLog),
+    creates: new CreateBatcher(store, queue, silentLog, { jobFollowsRecords: true }),
     connections,
     queue,
     watch,
