@@ -38,8 +38,3 @@ export function refuseEncodedBody(c: Context): void {
     throw new GraphError(415, 'unsupportedMediaType', `Content-Encoding '${coding}' is not supported; send the body uncompressed (identity).`);
   }
 }
-
-export const refuseContentEncoding: MiddlewareHandler = async (c, next) => {
-  refuseEncodedBody(c);
-  await next();
-};

@@ -1,9 +1,8 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { createConnectionBodySchema } from '../shared/connection.js';
 import { schemaDocumentation } from '../shared/connection-schema.js';
-import { limitBody, refuseContentEncoding } from './body-limit.js';
 import { connectionListQuerySchema } from './list-query.js';
-import { authErrors, connectionIdParam, error, json, location, requireWrite, retryAfter, security } from './route-parts.js';
+import { authErrors, connectionIdParam, error, json, location, requireWrite, retryAfter, security, writeBodyGuards } from './route-parts.js';
 import { connectionListSchema, connectionResourceSchema } from './schemas.js';
 
 /**
@@ -20,7 +19,7 @@ const accepted = (description: string) => ({
 export const createConnectionRoute = createRoute({
   method: 'post',
   path: '/',
-  middleware: [requireWrite, refuseContentEncoding, limitBody] as const,
+  middleware: [writeBodyGuards] as const,
   tags: ['connections'],
   summary: 'Create a connection (state draft until a schema is provisioned)',
   security,
@@ -75,7 +74,7 @@ export const deleteConnectionRoute = createRoute({
 export const updateSchemaRoute = createRoute({
   method: 'patch',
   path: '/{connectionId}/schema',
-  middleware: [requireWrite, refuseContentEncoding, limitBody] as const,
+  middleware: [writeBodyGuards] as const,
   tags: ['connections'],
   summary:
     "Submit the connection's schema: validated at once by Graph's rules, then provisioned by the workers (the processor sees an operation of kind schema); " +

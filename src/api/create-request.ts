@@ -1,28 +1,20 @@
-import type { Context, MiddlewareHandler } from 'hono';
+import type { Context } from 'hono';
 import { createOperationBodySchema, describeCreateBodyProblem, isValidConnectionId } from '../shared/operation.js';
-import { limitBody, refuseEncodedBody } from './body-limit.js';
 import type { AppEnv } from './env.js';
 import { badRequest, malformedJson, unsupportedMediaType } from './errors.js';
-import { invalidConnectionId, refuseUnlessWriter } from './route-parts.js';
+import { invalidConnectionId } from './route-parts.js';
 
 /**
- * The create's checks, which are those of every other write route, run as one middleware and
- * one function rather than through @hono/zod-openapi's route middleware and validators. The
- * create is the hot path, and those are seven layers (three guards, the path's validator, the
- * media type gate, the optional body's gate and its validator), each an async step with its
- * own reads of the Content-Type; fused, the API spends about 9% less CPU per create
- * (bench/README.md, "Where the API's CPU per create goes"). The route description
+ * The create's checks, which are those of every other write route, run as one middleware (the
+ * write routes' writeBodyGuards) and one function rather than through @hono/zod-openapi's
+ * validators. The create is the hot path, and those were seven layers (three guards, the path's
+ * validator, the media type gate, the optional body's gate and its validator), each an async
+ * step with its own reads of the Content-Type; fused, the API spends about 9% less CPU per
+ * create (bench/README.md, "Where the API's CPU per create goes"). The route description
  * (operation-routes.ts) still documents the route and gives the 405's Allow; the checks here
  * use its schemas and answer what the validators answer on the other routes
  * (test/api.create-checks.test.ts holds the two side by side).
  */
-
-/** Write permission (403), Content-Encoding (415), then the body's size (413), in that order. */
-export const createGuards: MiddlewareHandler<AppEnv> = (c, next) => {
-  refuseUnlessWriter(c);
-  refuseEncodedBody(c);
-  return limitBody(c, next);
-};
 
 /** A JSON media type, with parameters, as @hono/zod-openapi's media type gate accepts it. */
 const JSON_MEDIA_TYPE = /^application\/([a-z-.]+\+)?json(;\s*[a-zA-Z0-9-]+=([^;]+))*$/i;

@@ -14,7 +14,8 @@ import {
   listOperationsRoute,
   onlyRefSegment,
 } from './operation-routes.js';
-import { createGuards, readCreateRequest } from './create-request.js';
+import { readCreateRequest } from './create-request.js';
+import { writeBodyGuards } from './route-parts.js';
 import { operationStream } from './operation-stream.js';
 import { holdUntilEnded } from './operation-watch.js';
 import { preferredWaitSeconds } from './prefer.js';
@@ -62,8 +63,8 @@ export function operationRoutes({ store, creates, watch, config, log, metrics }:
     const { connectionId, id } = await readCreateRequest(c);
     return create(c, connectionId, id);
   };
-  routes.post(createOperationRoute.getRoutingPath(), createGuards, createHandler);
-  routes.post(createOperationRefRoute.getRoutingPath(), onlyRefSegment, createGuards, createHandler);
+  routes.post(createOperationRoute.getRoutingPath(), writeBodyGuards, createHandler);
+  routes.post(createOperationRefRoute.getRoutingPath(), onlyRefSegment, writeBodyGuards, createHandler);
 
   routes.openapi(listOperationsRoute, async (c) => {
     const { connectionId } = c.req.valid('param');
