@@ -29,11 +29,11 @@ export async function readCreateRequest(c: Context<AppEnv>): Promise<{ connectio
   return { connectionId, id: body.data.id };
 }
 
-/** The body is optional: without a Content-Type it must be empty and counts as `{}`; with one,
- *  it must be a JSON media type and parse. */
+/** The body is optional: without a Content-Type (an empty one counts as none) it must be empty
+ *  and counts as `{}`; with one, it must be a JSON media type and parse. */
 async function readOptionalJsonBody(c: Context<AppEnv>): Promise<unknown> {
   const contentType = c.req.header('content-type');
-  if (contentType === undefined) {
+  if (!contentType) {
     if ((await c.req.text()).length > 0) throw unsupportedMediaType(contentType);
     return {};
   }
