@@ -52,6 +52,9 @@ export interface StartOptions {
   entry?: BenchContext['serviceEntry'];
   /** …named so in process names and logs (`service` otherwise). */
   label?: string;
+  /** For `service`: its REDIS_PREFIX (SERVICE_PREFIX otherwise), so that two services can share
+   *  one Redis with a queue and records each. */
+  prefix?: string;
 }
 
 export interface System {
@@ -87,7 +90,7 @@ export async function startSystem(ctx: BenchContext, kind: TargetKind, options: 
     ...env,
     AUTH_JWT_SECRET: JWT_SECRET,
     LOG_LEVEL: 'info',
-    REDIS_PREFIX: SERVICE_PREFIX,
+    REDIS_PREFIX: options.prefix ?? SERVICE_PREFIX,
     WORKER_HEALTH_PORT: String(healthPort),
     ...ctx.serviceEnv,
     ...(options.entry ? {} : ctx.tracingEnv),
@@ -149,6 +152,7 @@ export async function startSystem(ctx: BenchContext, kind: TargetKind, options: 
     throw error;
   }
 
+  const keys = options.prefix ? createKeys(options.prefix) : serviceKeys;
   const ref = (connectionId: string) => ({ tenantId: TENANT_ID, connectionId });
   const counterKey = kind === 'naive' ? NAIVE_COMPLETED_KEY : RAW_COMPLETED_KEY;
   return {
@@ -161,8 +165,8 @@ export async function startSystem(ctx: BenchContext, kind: TargetKind, options: 
       if (kind === 'service') {
         const replies = await ctx.redis
           .pipeline()
-          .zcard(serviceKeys.statusIndex(ref(connectionId), 'completed'))
-          .zcard(serviceKeys.statusIndex(ref(connectionId), 'failed'))
+          .zcard(keys.statusIndex(ref(connectionId), 'completed'))
+          .zcard(keys.statusIndex(ref(connectionId), 'failed'))
           .exec();
         return (replies ?? []).reduce((sum, [, value]) => sum + Number(value ?? 0), 0);
       }
@@ -170,7 +174,7 @@ export async function startSystem(ctx: BenchContext, kind: TargetKind, options: 
     },
     async status(connectionId, operationId) {
       const key =
-        kind === 'service' ? serviceKeys.operation({ ...ref(connectionId), operationId }) : naiveOperationKey(operationId);
+        kind === 'service' ? keys.operation({ ...ref(connectionId), operationId }) : naiveOperationKey(operationId);
       return ctx.redis.hget(key, 's');
     },
     stop,

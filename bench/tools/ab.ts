@@ -1,19 +1,20 @@
-import { processCpuMicros } from '../lib/harness.js';
+import { processCpuMicros, waitFor } from '../lib/harness.js';
 import { postLoad } from '../lib/load.js';
 import { buildComparedRevision, envFlag, intFlag, parseFlags, runSession } from '../lib/session.js';
 import { fmt, median } from '../lib/stats.js';
-import { startSystem, type System } from '../lib/systems.js';
+import { SERVICE_PREFIX, startSystem, type System } from '../lib/systems.js';
 
 /**
- * An investigation tool, not a target: what one change costs the API per accepted create.
+ * An investigation tool, not a target: what one change costs per accepted create.
  *   npx tsx bench/tools/ab.ts [--a-env K=V ...] [--b-env K=V ...] [--b-ref REV | --b-bare] [--slices 16] [--slice-s 3]
- * Two API processes, A and B, share one Redis and one worker: both of the work tree's build,
- * each with its own extra environment, or B of the committed revision REV (`--b-ref`), or B the
- * bare Hono baseline (`--b-bare`: what HTTP alone costs, at the same rate with `--rate`). The
- * create load (POST {}, c=64) goes to one of them at a time, in short slices ordered
- * A B B A A B B A …, so that whatever the machine does meanwhile falls on both alike. Each
- * slice's figure is the API's CPU (/proc) per 201 over the slice; each adjacent A-B pair gives
- * a ratio B/A, and the report gives their median and spread.
+ * Two services, A and B, share one Redis, each with its own API, worker and REDIS_PREFIX: both
+ * of the work tree's build, each with its own extra environment, or B of the committed revision
+ * REV (`--b-ref`), or B the bare Hono baseline (`--b-bare`: what HTTP alone costs, at the same
+ * rate with `--rate`; no worker). The create load (POST {}, c=64) goes to one of them at a time,
+ * in short slices ordered A B B A A B B A …, so that whatever the machine does meanwhile falls on
+ * both alike; a slice ends when its worker has finished every operation it accepted. Each
+ * slice's figures are the CPU (/proc) of its API, its worker and Redis per 201 over the slice;
+ * each adjacent A-B pair gives a ratio B/A, and the report gives their median and spread.
  */
 const USAGE = `npx tsx bench/tools/ab.ts [flags]
   --a-env KEY=VALUE    extra environment of API A (repeatable)
@@ -47,6 +48,16 @@ const connections = intFlag('concurrency', values.concurrency, 64);
 const rate = values.rate ? intFlag('rate', values.rate, 0) : undefined;
 const warmupS = intFlag('warmup-s', values['warmup-s'], 10);
 
+const CONNECTION_ID = 'abtest';
+const PROCESSES = ['api', 'worker', 'redis'] as const;
+type ProcessName = (typeof PROCESSES)[number];
+const mapProcesses = <T>(f: (name: ProcessName) => T) => ({ api: f('api'), worker: f('worker'), redis: f('redis') });
+interface Slice {
+  usPerReq: Record<ProcessName, number>;
+  rps: number;
+  bad: number;
+}
+
 runSession(values, { results: 'ab', defaultRetries: 0 }, async (ctx) => {
   const bRef = values['b-ref'];
   const bBare = values['b-bare'] === true;
@@ -57,42 +68,58 @@ runSession(values, { results: 'ab', defaultRetries: 0 }, async (ctx) => {
   const a = await startSystem(ctx, 'service', { env: aEnv, label: 'A' });
   const b = bBare
     ? await startSystem(ctx, 'bare', { label: 'B', worker: false })
-    : await startSystem(ctx, 'service', { env: bEnv, label: 'B', worker: false, ...(bBuild ? { entry: bBuild.entry } : {}) });
-  const slice = async (system: System, durationS: number) => {
-    const pid = system.api!.pid;
-    const before = processCpuMicros(pid);
-    const load = await postLoad(ctx.harness, { url: system.postUrl('abtest'), token: ctx.token, connections, durationS, ...(rate ? { overallRate: rate } : {}) });
-    return { usPerReq: (processCpuMicros(pid) - before) / load.ok, rps: load.rps, bad: load.non2xx + load.errors };
+    : await startSystem(ctx, 'service', { env: bEnv, label: 'B', prefix: `${SERVICE_PREFIX}-b`, ...(bBuild ? { entry: bBuild.entry } : {}) });
+  const slice = async (system: System, durationS: number): Promise<Slice> => {
+    const pids = { api: system.api!.pid, worker: system.worker?.pid, redis: ctx.redisPid };
+    const cpu = () => mapProcesses((name) => (pids[name] === undefined ? 0 : processCpuMicros(pids[name])));
+    const before = cpu();
+    const terminalBefore = system.worker ? await system.terminal(CONNECTION_ID) : 0;
+    const load = await postLoad(ctx.harness, { url: system.postUrl(CONNECTION_ID), token: ctx.token, connections, durationS, ...(rate ? { overallRate: rate } : {}) });
+    if (system.worker) {
+      await waitFor(async () => (await system.terminal(CONNECTION_ID)) - terminalBefore >= load.ok, {
+        timeoutMs: 120_000,
+        what: `${system.worker.name} to finish the slice's ${load.ok} operations`,
+      });
+    }
+    const after = cpu();
+    return { usPerReq: mapProcesses((name) => (after[name] - before[name]) / load.ok), rps: load.rps, bad: load.non2xx + load.errors };
   };
-  // Warm-up: both JITs and the worker.
+  // Warm-up: both JITs.
   await slice(a, warmupS);
   await slice(b, warmupS);
-  const results: { name: 'A' | 'B'; usPerReq: number; rps: number }[] = [];
+  const results: (Slice & { name: 'A' | 'B' })[] = [];
   for (let i = 0; i < slices; i++) {
     const name = [0, 3].includes(i % 4) ? 'A' : 'B';
-    const { usPerReq, rps, bad } = await slice(name === 'A' ? a : b, sliceS);
-    if (bad > 0) throw new Error(`${name}: ${bad} answers were not 2xx`);
-    results.push({ name, usPerReq, rps });
-    ctx.log(`  slice ${i + 1} ${name}  ${fmt(Math.round(rps))} req/s  API CPU ${usPerReq.toFixed(1)} µs/req`);
+    const result = await slice(name === 'A' ? a : b, sliceS);
+    if (result.bad > 0) throw new Error(`${name}: ${result.bad} answers were not 2xx`);
+    results.push({ name, ...result });
+    const { api, worker, redis } = result.usPerReq;
+    ctx.log(`  slice ${i + 1} ${name}  ${fmt(Math.round(result.rps))} req/s  CPU µs/req API ${api.toFixed(1)}, worker ${worker.toFixed(1)}, Redis ${redis.toFixed(1)}`);
   }
-  const ratios: number[] = [];
+  const pairs: { a: Slice; b: Slice }[] = [];
   for (let i = 0; i + 1 < results.length; i += 2) {
     const [first, second] = [results[i]!, results[i + 1]!];
-    const [ra, rb] = first.name === 'A' ? [first, second] : [second, first];
-    ratios.push(rb.usPerReq / ra.usPerReq);
+    pairs.push(first.name === 'A' ? { a: first, b: second } : { a: second, b: first });
   }
   const of = (name: string) => results.filter((r) => r.name === name);
-  const summary = {
-    aUsPerReq: median(of('A').map((r) => r.usPerReq)),
-    bUsPerReq: median(of('B').map((r) => r.usPerReq)),
-    aRps: median(of('A').map((r) => r.rps)),
-    bRps: median(of('B').map((r) => r.rps)),
-    ratio: median(ratios),
-    ratios,
-  };
-  ctx.log(
-    `API CPU µs/req, medians: A ${summary.aUsPerReq.toFixed(1)}, B ${summary.bUsPerReq.toFixed(1)}; B/A ${summary.ratio.toFixed(3)}` +
-      ` (pairs ${ratios.map((r) => r.toFixed(2)).join(', ')}); req/s A ${fmt(Math.round(summary.aRps))}, B ${fmt(Math.round(summary.bRps))}`,
-  );
+  const compared = mapProcesses((name) => {
+    const ratios = pairs.map((pair) => pair.b.usPerReq[name] / pair.a.usPerReq[name]);
+    return {
+      aUsPerReq: median(of('A').map((r) => r.usPerReq[name])),
+      bUsPerReq: median(of('B').map((r) => r.usPerReq[name])),
+      ratio: median(ratios),
+      ratios,
+    };
+  });
+  const summary = { ...compared.api, aRps: median(of('A').map((r) => r.rps)), bRps: median(of('B').map((r) => r.rps)), processes: compared };
+  ctx.log(`req/s medians: A ${fmt(Math.round(summary.aRps))}, B ${fmt(Math.round(summary.bRps))}`);
+  for (const name of PROCESSES) {
+    const { aUsPerReq, bUsPerReq, ratio, ratios } = compared[name];
+    if (bBare && name !== 'api') continue;
+    ctx.log(
+      `${name} CPU µs/req, medians: A ${aUsPerReq.toFixed(1)}, B ${bUsPerReq.toFixed(1)}; B/A ${ratio.toFixed(3)}` +
+        ` (pairs ${ratios.map((r) => r.toFixed(2)).join(', ')})`,
+    );
+  }
   return { aEnv, bEnv, bRef, bBare, slices, sliceS, results, summary };
 });
