@@ -121,42 +121,49 @@ describe('with OTEL_EXPORTER_OTLP_ENDPOINT set', () => {
   });
 
   it('keeps every create of a batch job in its own trace, and the batch job links to each of them', async () => {
-    // Creates sent together are committed in batches (one job carrying many): at 20 at once,
-    // some batch carries more than one.
-    const creates = Array.from({ length: 20 }, () => ({ operationId: randomUUID(), caller: callerTraceparent() }));
-    await Promise.all(creates.map(({ operationId, caller }) => create(operationId, caller.traceparent)));
-
     // A batch job's span ends (and is exported) after the last of its operations: wait for the
     // attempt spans, the jobs they link to, and the commits that started those jobs' traces.
     const commitOf = (jobSpanId: string) => {
       const job = receiver.spans.find((span) => span.spanId === jobSpanId);
       return job && receiver.spans.find((span) => span.traceId === job.traceId && span.name === 'commit batch');
     };
-    const attempts = await pollUntil(
-      () => {
-        const found = creates.map(({ operationId }) => attemptSpanOf(operationId));
-        const complete = found.every((attempt) => attempt && attempt.links.every((link) => commitOf(link.spanId)));
-        return complete ? (found as ReceivedSpan[]) : undefined;
-      },
-      { timeoutMs: SPANS_DEADLINE_MS, what: 'the attempt span of every create, its job and its commit', context: () => describeSpans(receiver.spans) },
-    );
+    /** 20 creates sent at once; which traces each batch job that carried them carried. */
+    const burst = async () => {
+      const creates = Array.from({ length: 20 }, () => ({ operationId: randomUUID(), caller: callerTraceparent() }));
+      await Promise.all(creates.map(({ operationId, caller }) => create(operationId, caller.traceparent)));
+      const attempts = await pollUntil(
+        () => {
+          const found = creates.map(({ operationId }) => attemptSpanOf(operationId));
+          const complete = found.every((attempt) => attempt && attempt.links.every((link) => commitOf(link.spanId)));
+          return complete ? (found as ReceivedSpan[]) : undefined;
+        },
+        { timeoutMs: SPANS_DEADLINE_MS, what: 'the attempt span of every create, its job and its commit', context: () => describeSpans(receiver.spans) },
+      );
+      const carriedBy = new Map<string, string[]>();
+      creates.forEach(({ caller }, i) => {
+        const attempt = attempts[i]!;
+        // Its own create's trace, not a sibling's, nor the batch job's.
+        expect(attempt.traceId).toBe(caller.traceId);
+        expect(attempt.links, 'the attempt links to the job that carried it').toHaveLength(1);
+        const job = attempt.links[0]!;
+        expect(job.traceId).not.toBe(caller.traceId);
+        carriedBy.set(job.spanId, [...(carriedBy.get(job.spanId) ?? []), caller.traceId]);
+      });
+      return carriedBy;
+    };
 
-    const carriedBy = new Map<string, string[]>();
-    creates.forEach(({ caller }, i) => {
-      const attempt = attempts[i]!;
-      // Its own create's trace, not a sibling's, nor the batch job's.
-      expect(attempt.traceId).toBe(caller.traceId);
-      expect(attempt.links, 'the attempt links to the job that carried it').toHaveLength(1);
-      const job = attempt.links[0]!;
-      expect(job.traceId).not.toBe(caller.traceId);
-      carriedBy.set(job.spanId, [...(carriedBy.get(job.spanId) ?? []), caller.traceId]);
-    });
-    expect(Math.max(...[...carriedBy.values()].map((traces) => traces.length)), 'some batch job carried several creates').toBeGreaterThan(1);
-
-    // Each batch job's trace starts at the API's commit of the batch, which links to the traces
-    // of exactly the creates the job carried.
-    for (const [jobSpanId, traces] of carriedBy) {
-      expect(commitOf(jobSpanId)!.links.map((link) => link.traceId).sort()).toEqual([...traces].sort());
+    // Creates sent together are committed in batches (one job carrying many), but how many share
+    // a tick depends on when they arrive: on a busy machine a burst may land one per tick, so
+    // bursts go until a batch job carried several (the case this test is about).
+    for (let bursts = 1; ; bursts++) {
+      const carriedBy = await burst();
+      // Each batch job's trace starts at the API's commit of the batch, which links to the traces
+      // of exactly the creates the job carried.
+      for (const [jobSpanId, traces] of carriedBy) {
+        expect(commitOf(jobSpanId)!.links.map((link) => link.traceId).sort()).toEqual([...traces].sort());
+      }
+      if (Math.max(...[...carriedBy.values()].map((traces) => traces.length)) > 1) break;
+      expect(bursts, 'some batch job carried several creates, within 5 bursts of 20').toBeLessThan(5);
     }
   });
 });
