@@ -14,7 +14,7 @@ export interface HeldAttempt {
   /** What the processor is to do (an operation of a connection's schema or deletion, or not). */
   task: OperationTask;
   /** The trace context of the operation's create, when it was made with tracing on. */
-  traceparent?: string;
+  readonly traceparent?: string | undefined;
   readonly signal: AbortSignal;
   /** Why the attempt was aborted, if it was. */
   readonly abortReason: Error | undefined;
@@ -27,6 +27,7 @@ type OutcomeItem = OperationRef & Omit<AttemptOutcome, 'operationId'>;
 /** An attempt in flight. Its AbortController is made only when the processor reads `signal`:
  *  most processors never do, and one per attempt costs CPU on every operation. */
 class Held implements HeldAttempt {
+  readonly kind = 'claimed';
   private controller: AbortController | undefined;
   abortReason: Error | undefined;
 
@@ -35,6 +36,7 @@ class Held implements HeldAttempt {
     readonly attempt: number,
     readonly holder: string,
     readonly task: OperationTask,
+    readonly traceparent: string | undefined,
   ) {}
 
   get signal(): AbortSignal {
@@ -102,22 +104,10 @@ export class Attempts {
       this.claiming.delete(holder);
     }
     if (result.kind !== 'claimed') return result;
-    const held = new Held(ref, result.attempt, holder, result.task);
+    const held = new Held(ref, result.attempt, holder, result.task, result.traceparent);
     if (abortedEarly) held.abort(abortedEarly);
     this.held.set(holder, held);
-    return {
-      kind: 'claimed',
-      attempt: held.attempt,
-      holder,
-      task: held.task,
-      ...(result.traceparent ? { traceparent: result.traceparent } : {}),
-      get signal() {
-        return held.signal;
-      },
-      get abortReason() {
-        return held.abortReason;
-      },
-    };
+    return held;
   }
 
   /** Aborts the attempt `holder` holds, if it is still in flight here (a client canceled it). */

@@ -6,9 +6,9 @@ import type { WorkerSeries } from '../shared/metrics.js';
 import type { ErrorDetail, OperationRef, TerminalStatus } from '../shared/operation.js';
 import type { OperationQueue } from '../shared/queue.js';
 import type { OperationStore } from '../shared/store.js';
-import { operationAttributes, startAttemptSpan } from '../shared/tracing.js';
+import { operationAttributes, startAttemptSpan, tracingOn } from '../shared/tracing.js';
 import { Attempts, type Claim, type HeldAttempt } from './attempts.js';
-import { OperationCanceled, exhaustedFailure, interruptedFailure, permanentFailureOf, type Processor } from './processor.js';
+import { OperationCanceled, exhaustedFailure, interruptedFailure, permanentFailureOf, type Processor, type ProcessorInput } from './processor.js';
 import { Semaphore } from './semaphore.js';
 
 export interface OperationRunnerDeps {
@@ -73,25 +73,13 @@ export function createOperationRunner({ store, queue, processor, config, log, me
 
   /** Calls the processor once; never throws. */
   async function callProcessor(ref: OperationRef, held: HeldAttempt): Promise<Outcome> {
-    const canceled = () => held.abortReason instanceof OperationCanceled;
     // Canceled between its claim and now: the processor is not called at all.
-    if (canceled()) return { canceled: true };
+    if (isCanceled(held)) return CANCELED;
     try {
-      await processor({
-        kind: held.task.kind,
-        ...(held.task.kind === 'schema' ? { schema: JSON.parse(held.task.schemaJson) as ConnectionSchema } : {}),
-        tenantId: ref.tenantId,
-        connectionId: ref.connectionId,
-        operation: { id: ref.operationId, status: 'inprogress', error: null },
-        attempt: held.attempt,
-        // Read on demand: the attempt makes its AbortController only for a processor that asks.
-        get signal() {
-          return held.signal;
-        },
-      });
-      return canceled() ? { canceled: true } : { status: 'completed' };
+      await processor(processorInput(ref, held));
+      return isCanceled(held) ? CANCELED : COMPLETED;
     } catch (error) {
-      if (canceled()) return { canceled: true };
+      if (isCanceled(held)) return CANCELED;
       // Aborted by this worker's own shutdown (SHUTDOWN_TIMEOUT_MS passed): the processor did not
       // fail, we stopped waiting for it. So the attempt is given back, not counted as a failure
       // (which would spend an attempt, or fail the operation on its last one).
@@ -103,9 +91,11 @@ export function createOperationRunner({ store, queue, processor, config, log, me
     }
   }
 
-  async function runOperation(ref: OperationRef, jobId: string): Promise<Ended> {
-    const { operationId, connectionId } = ref;
-    const ran = await slots.run(async () => {
+  /** Claims and runs one attempt in a processor slot, which is free again before the outcome is
+   *  written; undefined when shutdown began and the attempt did not start. */
+  async function attemptInSlot(ref: OperationRef, jobId: string) {
+    await slots.acquire();
+    try {
       // Once shutdown begins no attempt starts: the job goes back to the queue for another worker.
       if (draining) return undefined;
       const claim = await attempts.claim(ref, jobId);
@@ -115,16 +105,25 @@ export function createOperationRunner({ store, queue, processor, config, log, me
         return undefined;
       }
       // With tracing on, the attempt is a span of its operation's own trace, whatever job
-      // carries it; undefined (and free) when off.
-      const span = startAttemptSpan('process operation', claim.traceparent, {
-        ...operationAttributes(ref),
-        'graph.operation.kind': claim.task.kind,
-        'graph.operation.attempt': claim.attempt,
-      });
+      // carries it; undefined (and free: not even its attributes are made) when off.
+      const span = tracingOn()
+        ? startAttemptSpan('process operation', claim.traceparent, {
+            ...operationAttributes(ref),
+            'graph.operation.kind': claim.task.kind,
+            'graph.operation.attempt': claim.attempt,
+          })
+        : undefined;
       const started = performance.now();
       const outcome = span ? await span.within(() => callProcessor(ref, claim)) : await callProcessor(ref, claim);
       return { claim, outcome, span, seconds: (performance.now() - started) / 1000 };
-    });
+    } finally {
+      slots.release();
+    }
+  }
+
+  async function runOperation(ref: OperationRef, jobId: string): Promise<Ended> {
+    const { operationId, connectionId } = ref;
+    const ran = await attemptInSlot(ref, jobId);
     if (!ran) return 'interrupted';
     const { claim } = ran;
     if (claim.kind === 'busy') {
@@ -150,6 +149,10 @@ export function createOperationRunner({ store, queue, processor, config, log, me
     }
   }
 
+  function logNotRecorded({ operationId, connectionId }: OperationRef, attempt: number, durationMs: number, result: string): void {
+    log.warn({ operationId, connectionId, attempt, durationMs, result }, 'outcome not recorded: the operation was already terminal, or its lease was taken over');
+  }
+
   /** Writes what the attempt decided (and logs it); how the operation leaves its job. */
   async function settle(ref: OperationRef, claim: Claim & { kind: 'claimed' }, outcome: Outcome, seconds: number): Promise<Ended> {
     const { operationId, connectionId } = ref;
@@ -165,12 +168,10 @@ export function createOperationRunner({ store, queue, processor, config, log, me
       log.warn({ operationId, connectionId, attempt, durationMs, err: outcome.interrupted }, 'operation interrupted by shutdown; its job returns to the queue');
       return 'interrupted';
     }
-    const notRecorded = (result: string) =>
-      log.warn({ operationId, connectionId, attempt, durationMs, result }, 'outcome not recorded: the operation was already terminal, or its lease was taken over');
     if ('retry' in outcome) {
       const result = await attempts.record(ref, holder, { status: 'retry' });
       if (result !== 'finished') {
-        notRecorded(result);
+        logNotRecorded(ref, attempt, durationMs, result);
         return 'done';
       }
       metrics?.processingDuration.observe({ outcome: 'retry' }, seconds);
@@ -179,7 +180,7 @@ export function createOperationRunner({ store, queue, processor, config, log, me
     }
     const result = await attempts.record(ref, holder, { status: outcome.status, error: outcome.error });
     if (result !== 'finished') {
-      notRecorded(result);
+      logNotRecorded(ref, attempt, durationMs, result);
     } else {
       metrics?.processingDuration.observe({ outcome: outcome.status }, seconds);
       metrics?.finished(outcome.status, outcome.error?.errorCode);
@@ -206,6 +207,29 @@ export function createOperationRunner({ store, queue, processor, config, log, me
     },
     stop: () => attempts.stop(),
   };
+}
+
+// The outcomes every attempt without an error ends with, made once: the runner allocates as
+// little per operation as it can (bench/README.md, "The worker's allocations").
+const COMPLETED: Outcome = { status: 'completed' };
+const CANCELED: Outcome = { canceled: true };
+
+const isCanceled = (held: HeldAttempt) => held.abortReason instanceof OperationCanceled;
+
+function processorInput(ref: OperationRef, held: HeldAttempt): ProcessorInput {
+  const input: ProcessorInput = {
+    kind: held.task.kind,
+    tenantId: ref.tenantId,
+    connectionId: ref.connectionId,
+    operation: { id: ref.operationId, status: 'inprogress', error: null },
+    attempt: held.attempt,
+    // Read on demand: the attempt makes its AbortController only for a processor that asks.
+    get signal() {
+      return held.signal;
+    },
+  };
+  if (held.task.kind === 'schema') input.schema = JSON.parse(held.task.schemaJson) as ConnectionSchema;
+  return input;
 }
 
 /** An attempt's outcome as span attributes. */

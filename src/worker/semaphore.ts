@@ -1,20 +1,25 @@
-/** At most `limit` calls of `run` in flight; the rest wait in arrival order. */
+const FREE = Promise.resolve();
+
+/** At most `limit` holders at once; the rest wait in arrival order. */
 export class Semaphore {
   private active = 0;
   private readonly waiting: (() => void)[] = [];
 
   constructor(private readonly limit: number) {}
 
-  async run<T>(task: () => Promise<T>): Promise<T> {
-    if (this.active >= this.limit) await new Promise<void>((resolve) => this.waiting.push(resolve));
-    else this.active++;
-    try {
-      return await task();
-    } finally {
-      // Hand the slot straight to the next waiter, or free it.
-      const next = this.waiting.shift();
-      if (next) next();
-      else this.active--;
+  /** Resolves once the caller holds a slot; every acquire needs one release. */
+  acquire(): Promise<void> {
+    if (this.active < this.limit) {
+      this.active++;
+      return FREE;
     }
+    return new Promise<void>((resolve) => this.waiting.push(resolve));
+  }
+
+  release(): void {
+    // Hand the slot straight to the next waiter, or free it.
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.active--;
   }
 }
