@@ -5,7 +5,7 @@ import { validateSchema, type SchemaViolation } from '../shared/connection-schem
 import type { SubmitResult } from '../shared/connection-store.js';
 import type { ConnectionRef } from '../shared/keys.js';
 import { OPERATION_CANCELED, type ErrorDetail, type OperationRef } from '../shared/operation.js';
-import { annotateActiveSpan, operationAttributes } from '../shared/tracing.js';
+import { annotateActiveOperation } from '../shared/tracing.js';
 import {
   createConnectionRoute,
   deleteConnectionRoute,
@@ -39,7 +39,7 @@ export function connectionRoutes({ connections, queue, config, log }: AppDeps): 
   /** The job that carries a schema or delete operation. If it cannot be added, the operation
    *  is stored and inprogress all the same: the reconciler enqueues it, so the 202 holds. */
   const enqueue = async (ref: OperationRef) => {
-    annotateActiveSpan(operationAttributes(ref));
+    annotateActiveOperation(ref);
     try {
       await queue.enqueue(ref);
     } catch (error) {

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { OpenAPIHono } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { OPERATION_CANCELED, OPERATION_ID_PATTERN, canceledError, describeCreateBodyProblem, type Operation, type OperationRef } from '../shared/operation.js';
-import { annotateActiveSpan, operationAttributes } from '../shared/tracing.js';
+import { annotateActiveOperation } from '../shared/tracing.js';
 import type { AppDeps, AppEnv } from './env.js';
 import { GraphError, notFound, unlessRedisFails } from './errors.js';
 import { encodeSkipToken, nextLink } from './list-query.js';
@@ -50,7 +50,7 @@ export function operationRoutes({ store, creates, watch, config, log, metrics }:
 
   const create = async (c: Context<AppEnv>, connectionId: string, id: string | undefined) => {
     const ref = { tenantId: c.get('principal').tenantId, connectionId, operationId: id ?? randomUUID() };
-    annotateActiveSpan(operationAttributes(ref));
+    annotateActiveOperation(ref);
     const { result, operation } = await unlessRedisFails(() => creates.create(ref));
     if (result === 'exists') {
       throw new GraphError(409, 'conflict', `An operation with id '${ref.operationId}' already exists in connection '${connectionId}'.`);
