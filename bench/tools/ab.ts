@@ -17,9 +17,9 @@ import { SERVICE_PREFIX, startSystem, type System } from '../lib/systems.js';
  * each adjacent A-B pair gives a ratio B/A, and the report gives their median and spread.
  */
 const USAGE = `npx tsx bench/tools/ab.ts [flags]
-  --a-env KEY=VALUE    extra environment of API A (repeatable)
-  --b-env KEY=VALUE    extra environment of API B (repeatable)
-  --b-ref REV          API B runs the committed revision REV (built apart), A the work tree
+  --a-env KEY=VALUE    extra environment of service A, API and worker (repeatable)
+  --b-env KEY=VALUE    extra environment of service B, API and worker (repeatable)
+  --b-ref REV          service B runs the committed revision REV (built apart), A the work tree
   --b-bare             B is the bare Hono baseline (HTTP alone), not the service
   --slices N           load slices in all, half on each (default 16)
   --slice-s S          seconds per slice (default 3)
@@ -51,7 +51,7 @@ const warmupS = intFlag('warmup-s', values['warmup-s'], 10);
 const CONNECTION_ID = 'abtest';
 const PROCESSES = ['api', 'worker', 'redis'] as const;
 type ProcessName = (typeof PROCESSES)[number];
-const mapProcesses = <T>(f: (name: ProcessName) => T) => ({ api: f('api'), worker: f('worker'), redis: f('redis') });
+const mapProcesses = <T>(f: (name: ProcessName) => T) => Object.fromEntries(PROCESSES.map((name) => [name, f(name)])) as Record<ProcessName, T>;
 interface Slice {
   usPerReq: Record<ProcessName, number>;
   rps: number;
@@ -64,7 +64,7 @@ runSession(values, { results: 'ab', defaultRetries: 0 }, async (ctx) => {
   if (bBare && (bRef || Object.keys(bEnv).length > 0)) throw new Error('--b-bare takes neither --b-ref nor --b-env');
   const bBuild = bRef ? buildComparedRevision(ctx, bRef) : undefined;
   const bName = bBare ? 'the bare Hono baseline' : bBuild ? `git ${bBuild.rev}` : 'the work tree';
-  ctx.log(`\n== A/B: API A the work tree, env ${JSON.stringify(aEnv)}; API B ${bName}, env ${JSON.stringify(bEnv)}; ${slices} slices of ${sliceS} s at c=${connections}${rate ? `, ${rate} req/s` : ''} ==`);
+  ctx.log(`\n== A/B: A the work tree, env ${JSON.stringify(aEnv)}; B ${bName}, env ${JSON.stringify(bEnv)}; ${slices} slices of ${sliceS} s at c=${connections}${rate ? `, ${rate} req/s` : ''} ==`);
   const a = await startSystem(ctx, 'service', { env: aEnv, label: 'A' });
   const b = bBare
     ? await startSystem(ctx, 'bare', { label: 'B', worker: false })
